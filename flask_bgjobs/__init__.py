@@ -1,0 +1,30 @@
+"""flask-bgjobs: background jobs for Flask in separate processes, with the app's database as the queue."""
+
+from __future__ import annotations
+
+from flask_bgjobs.errors import (
+    BgJobsError,
+    ConfigError,
+    DatabaseBusy,
+    InvalidJob,
+    InvalidTransition,
+    JobNotAllowed,
+    JobNotFound,
+)
+from flask_bgjobs.executor import current_job
+from flask_bgjobs.extension import BackgroundJobs, run_background_job
+from flask_bgjobs.models import Job
+
+__all__ = [
+    "BackgroundJobs",
+    "BgJobsError",
+    "ConfigError",
+    "DatabaseBusy",
+    "InvalidJob",
+    "InvalidTransition",
+    "Job",
+    "JobNotAllowed",
+    "JobNotFound",
+    "current_job",
+    "run_background_job",
+]

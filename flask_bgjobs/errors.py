@@ -1,0 +1,35 @@
+"""Every error flask-bgjobs raises, under one base class."""
+
+from __future__ import annotations
+
+
+class BgJobsError(Exception):
+    """Base class of every error raised by flask-bgjobs."""
+
+
+class ConfigError(BgJobsError, ValueError):
+    """Raised by ``init_app`` when a configuration value is malformed; names the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+class InvalidJob(BgJobsError, ValueError):
+    """Raised when a job's names or params are malformed; nothing is stored or imported."""
+
+
+class JobNotAllowed(BgJobsError):
+    """Raised when a ``Class.method`` pair is not in the allowlist; nothing is stored or imported."""
+
+
+class JobNotFound(BgJobsError, LookupError):
+    """Raised when no job has the given id."""
+
+
+class InvalidTransition(BgJobsError):
+    """Raised when an action (retry, cancel) is not allowed in the job's current status."""
+
+
+class DatabaseBusy(BgJobsError):
+    """Raised when the job store stayed locked past its busy timeout; nothing was written."""

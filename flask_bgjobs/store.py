@@ -1,0 +1,656 @@
+"""The job store: the only module that speaks SQL.
+
+One method per state transition. Every write that ends an attempt is *fenced*: it applies only
+while the row is still ``running`` the same attempt under the same lease owner, so a runner
+that lost its lease (paused, partitioned, presumed dead) changes nothing.
+
+SQLite: WAL, ``synchronous=NORMAL`` and every write transaction opened with
+``BEGIN IMMEDIATE`` — a plain ``BEGIN`` that reads then writes fails at once with "database is
+locked" whatever the busy timeout, while ``IMMEDIATE`` queues on the busy handler.
+PostgreSQL: the claim is one ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)``, and
+every enqueue sends ``NOTIFY bgjobs`` so idle runners on other hosts wake at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from flask_bgjobs import models
+from flask_bgjobs.errors import DatabaseBusy, InvalidTransition, JobNotFound
+from flask_bgjobs.models import Event, Job, events, jobs
+
+#: PostgreSQL LISTEN/NOTIFY channel that wakes runners when a job is enqueued or cancelled.
+NOTIFY_CHANNEL = "bgjobs"
+#: How long a write waits for SQLite's lock before `DatabaseBusy` (seconds).
+SQLITE_BUSY_TIMEOUT = 5.0
+# An arbitrary constant: serialises CREATE TABLE across processes on PostgreSQL.
+_DDL_LOCK_KEY = 0x62676A6F6273
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended, as the runner reports it to `Store.finish`."""
+
+    job_id: int
+    attempt: int
+    #: One of ``models.END_*``.
+    reason: str
+    #: Event text: the error line, "killed by signal 9", "timeout after 5 s" …
+    message: str = ""
+    result_json: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    #: Seconds until the retry; ``None`` when no attempt is left (the job fails for good).
+    retry_in: float | None = None
+    pid: int | None = None
+    log_incomplete: bool = False
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    """A running job whose lease had expired, as `Store.reclaim_expired` left it."""
+
+    job: Job
+    retry_in: float | None
+
+
+def _is_locked(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    return isinstance(orig, sqlite3.OperationalError) and (
+        "locked" in str(orig) or "busy" in str(orig)
+    )
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class Store:
+    """Jobs and their events in one SQL database (SQLite or PostgreSQL)."""
+
+    def __init__(self, uri: str, *, create_tables: bool = True) -> None:
+        self.uri = uri
+        self.create_tables = create_tables
+        url = sa.engine.make_url(uri)
+        self.is_sqlite = url.get_backend_name() == "sqlite"
+        self.is_postgres = url.get_backend_name() == "postgresql"
+        self._engine: Engine | None = None
+        self._ready = False
+        self._lock = threading.Lock()
+
+    # -- connections -------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, created on first use (cheap to construct a `Store`)."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = self._make_engine()
+        return self._engine
+
+    def _make_engine(self) -> Engine:
+        if not self.is_sqlite:
+            return sa.create_engine(self.uri, pool_pre_ping=True)
+        path = sa.engine.make_url(self.uri).database
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        engine = sa.create_engine(
+            self.uri,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
+        )
+
+        @sa_event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Take transaction control away from the sqlite3 module so that `_on_begin`
+            # decides between a deferred and an IMMEDIATE transaction.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @sa_event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("bgjobs_write")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+
+    def dispose_after_fork(self) -> None:
+        """Forget the parent's pooled connections in a forked child without closing them."""
+        if self._engine is not None:
+            self._engine.dispose(close=False)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def ensure_tables(self) -> None:
+        """Create missing tables and indexes (idempotent, safe across processes)."""
+        with self._write(create=False) as conn:
+            if self.is_postgres:
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_DDL_LOCK_KEY)))
+            models.metadata.create_all(conn, checkfirst=True)
+        self._ready = True
+
+    def _prepare(self) -> None:
+        if not self._ready:
+            if self.create_tables:
+                self.ensure_tables()
+            self._ready = True
+
+    @contextmanager
+    def _write(self, *, create: bool = True) -> Iterator[Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite); `DatabaseBusy` when locked."""
+        if create:
+            self._prepare()
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(bgjobs_write=True)
+                with conn.begin():
+                    yield conn
+        except OperationalError as exc:
+            if self.is_sqlite and _is_locked(exc):
+                raise DatabaseBusy(
+                    f"the job database stayed locked for {SQLITE_BUSY_TIMEOUT:g} s; nothing was "
+                    "written, try again"
+                ) from exc
+            raise
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        self._prepare()
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except OperationalError as exc:
+            if self.is_sqlite and _is_locked(exc):
+                raise DatabaseBusy("the job database is locked; try again") from exc
+            raise
+
+    def _for_update(self, stmt: sa.Select[Any], *, skip_locked: bool = False) -> sa.Select[Any]:
+        # SQLite has no row locks: its IMMEDIATE transaction already holds the write lock.
+        return stmt.with_for_update(skip_locked=skip_locked) if self.is_postgres else stmt
+
+    def _notify(self, conn: Connection, payload: str = "") -> None:
+        # Sent at commit; the payload "c" asks runners to re-check their leases (a cancel).
+        if self.is_postgres:
+            conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, payload)))
+
+    @staticmethod
+    def _event(
+        conn: Connection, job_id: int, kind: str, message: str, attempt: int | None, at: float
+    ) -> None:
+        conn.execute(
+            events.insert(),
+            {"job_id": job_id, "at": at, "kind": kind, "message": message, "attempt": attempt},
+        )
+
+    # -- enqueue -----------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        *,
+        class_name: str,
+        method_name: str,
+        params_json: str,
+        priority: int,
+        max_attempts: int,
+        delay: float,
+        timeout: float,
+        now: float | None = None,
+    ) -> Job:
+        """Insert a `pending` job and commit; return it as stored."""
+        now = time.time() if now is None else now
+        values: dict[str, Any] = {
+            "class_name": class_name,
+            "method_name": method_name,
+            "params": params_json,
+            "status": models.PENDING,
+            "priority": priority,
+            "attempts": 0,
+            "max_attempts": max_attempts,
+            "delay": float(delay),
+            "timeout": float(timeout),
+            "run_at": now + delay,
+            "created_at": now,
+            "log_incomplete": False,
+        }
+        with self._write() as conn:
+            job_id = conn.execute(jobs.insert(), values).inserted_primary_key[0]  # type: ignore[index]
+            self._notify(conn)
+        return Job.from_row(
+            {c.name: None for c in jobs.c} | values | {"id": job_id, "params": params_json}
+        )
+
+    # -- the runner's transitions ------------------------------------------------------------
+
+    def claim(
+        self,
+        *,
+        owner: str,
+        runner_id: str,
+        limit: int,
+        lease_seconds: float,
+        now: float | None = None,
+    ) -> list[Job]:
+        """Atomically take up to `limit` due jobs: priority desc, then run_at, then id.
+
+        The attempt counter rises here, when the attempt starts, so a job that kills its
+        runner every time still runs out of attempts.
+        """
+        if limit <= 0:
+            return []
+        now = time.time() if now is None else now
+        due = self._for_update(
+            sa.select(jobs.c.id)
+            .where(jobs.c.status.in_(models.DUE_STATUSES), jobs.c.run_at <= now)
+            .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
+            .limit(limit),
+            skip_locked=True,
+        )
+        stmt = (
+            jobs.update()
+            .where(jobs.c.id.in_(due.scalar_subquery()))
+            .values(
+                status=models.RUNNING,
+                attempts=jobs.c.attempts + 1,
+                started_at=now,
+                lease_owner=owner,
+                lease_expires_at=now + lease_seconds,
+                runner_id=runner_id,
+                pid=None,
+                progress=None,
+                progress_message=None,
+            )
+            .returning(*jobs.c)
+        )
+        with self._write() as conn:
+            rows = conn.execute(stmt).mappings().all()
+            if rows:
+                conn.execute(
+                    events.insert(),
+                    [
+                        {
+                            "job_id": r["id"],
+                            "at": now,
+                            "kind": "started",
+                            "message": f"started on {runner_id}",
+                            "attempt": r["attempts"],
+                        }
+                        for r in rows
+                    ],
+                )
+        claimed = [Job.from_row(r) for r in rows]
+        claimed.sort(key=lambda j: (-j.priority, j.run_at, j.id))
+        return claimed
+
+    def renew(self, owner: str, lease_seconds: float, now: float | None = None) -> set[int]:
+        """Extend every lease `owner` holds; return the ids it still owns."""
+        now = time.time() if now is None else now
+        stmt = (
+            jobs.update()
+            .where(jobs.c.status == models.RUNNING, jobs.c.lease_owner == owner)
+            .values(lease_expires_at=now + lease_seconds)
+            .returning(jobs.c.id)
+        )
+        with self._write() as conn:
+            return set(conn.execute(stmt).scalars())
+
+    def owned(self, owner: str) -> set[int]:
+        """Ids of the jobs `owner` still holds (a cancelled or reclaimed job drops out)."""
+        stmt = sa.select(jobs.c.id).where(
+            jobs.c.status == models.RUNNING, jobs.c.lease_owner == owner
+        )
+        with self._read() as conn:
+            return set(conn.execute(stmt).scalars())
+
+    def _fenced(self, job_id: int, attempt: int, owner: str) -> sa.Update:
+        return jobs.update().where(
+            jobs.c.id == job_id,
+            jobs.c.status == models.RUNNING,
+            jobs.c.attempts == attempt,
+            jobs.c.lease_owner == owner,
+        )
+
+    def progress(
+        self,
+        owner: str,
+        updates: Sequence[tuple[int, int, float, str, int | None]],
+        now: float | None = None,
+    ) -> None:
+        """Record ``(job_id, attempt, percent, message, pid)`` progress reports, fenced."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            for job_id, attempt, percent, message, pid in updates:
+                res = conn.execute(
+                    self._fenced(job_id, attempt, owner).values(
+                        progress=percent, progress_message=message, pid=pid
+                    )
+                )
+                if res.rowcount:
+                    text = f"{percent:g}%" + (f": {message}" if message else "")
+                    self._event(conn, job_id, "progress", text, attempt, now)
+
+    def finish(
+        self, owner: str, outcomes: Sequence[Outcome], now: float | None = None
+    ) -> list[bool]:
+        """Record how attempts ended, in one transaction; each write fenced.
+
+        Returns, per outcome, whether it applied (False: the lease was lost meanwhile).
+        """
+        now = time.time() if now is None else now
+        applied: list[bool] = []
+        with self._write() as conn:
+            for o in outcomes:
+                values: dict[str, Any] = {
+                    "end_reason": o.reason,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "pid": o.pid,
+                }
+                if o.log_incomplete:
+                    values["log_incomplete"] = True
+                stmt = self._fenced(o.job_id, o.attempt, owner)
+                if o.reason == models.END_SUCCEEDED:
+                    values.update(
+                        status=models.SUCCEEDED,
+                        finished_at=now,
+                        result=o.result_json,
+                        error=None,
+                        traceback=None,
+                    )
+                elif o.reason == models.END_SHUTDOWN:
+                    # Interrupted by the runner's own shutdown: give the attempt back.
+                    values.update(status=models.PENDING, attempts=jobs.c.attempts - 1)
+                elif o.retry_in is not None:
+                    values.update(
+                        status=models.RETRYING,
+                        run_at=now + o.retry_in,
+                        error=o.error,
+                        traceback=o.traceback,
+                    )
+                else:
+                    values.update(
+                        status=models.FAILED,
+                        finished_at=now,
+                        error=o.error,
+                        traceback=o.traceback,
+                    )
+                ok = bool(conn.execute(stmt.values(**values)).rowcount)
+                if ok:
+                    self._event(conn, o.job_id, o.reason, o.message, o.attempt, now)
+                applied.append(ok)
+        return applied
+
+    def reclaim_expired(
+        self,
+        retry_in: Callable[[Job], float | None],
+        now: float | None = None,
+    ) -> list[Reclaimed]:
+        """Take back running jobs whose lease expired, each as a failed attempt.
+
+        `retry_in(job)` gives the wait before the retry, or ``None`` when no attempt is left.
+        """
+        now = time.time() if now is None else now
+        select = self._for_update(
+            sa.select(jobs).where(jobs.c.status == models.RUNNING, jobs.c.lease_expires_at < now),
+            skip_locked=True,
+        )
+        reclaimed: list[Reclaimed] = []
+        with self._write() as conn:
+            for row in conn.execute(select).mappings().all():
+                job = Job.from_row(row)
+                wait = retry_in(job)
+                message = f"lease of {job.runner_id or job.lease_owner} expired (runner lost)"
+                values: dict[str, Any] = {
+                    "end_reason": models.END_LEASE_EXPIRED,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "error": f"LeaseExpired: {message}",
+                    "traceback": None,
+                }
+                if wait is None:
+                    values.update(status=models.FAILED, finished_at=now)
+                else:
+                    values.update(status=models.RETRYING, run_at=now + wait)
+                res = conn.execute(
+                    self._fenced(job.id, job.attempts, job.lease_owner or "").values(**values)
+                )
+                if res.rowcount:
+                    self._event(conn, job.id, models.END_LEASE_EXPIRED, message, job.attempts, now)
+                    reclaimed.append(Reclaimed(job, wait))
+        return reclaimed
+
+    def add_event(
+        self, job_id: int, kind: str, message: str, attempt: int | None, now: float | None = None
+    ) -> None:
+        """Append one event to a job's history."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            self._event(conn, job_id, kind, message, attempt, now)
+
+    def mark_log_incomplete(self, job_ids: Sequence[int]) -> None:
+        """Flag jobs whose log lines could not all be written (disk full …)."""
+        if not job_ids:
+            return
+        with self._write() as conn:
+            conn.execute(
+                jobs.update().where(jobs.c.id.in_(list(job_ids))).values(log_incomplete=True)
+            )
+
+    # -- operator actions --------------------------------------------------------------------
+
+    def _locked_row(self, conn: Connection, job_id: int) -> Job:
+        row = conn.execute(self._for_update(sa.select(jobs).where(jobs.c.id == job_id))).mappings()
+        found = row.first()
+        if found is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return Job.from_row(found)
+
+    def cancel(self, job_id: int, now: float | None = None) -> Job:
+        """Cancel a pending, retrying or running job; return it as it was before.
+
+        A running job's runner notices the lost lease and kills the attempt's process group.
+        """
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            job = self._locked_row(conn, job_id)
+            if job.status not in (models.PENDING, models.RETRYING, models.RUNNING):
+                raise InvalidTransition(
+                    f"job {job_id} is {job.status}; only pending, retrying or running jobs "
+                    "can be cancelled"
+                )
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id)
+                .values(
+                    status=models.CANCELLED,
+                    finished_at=now,
+                    end_reason=models.END_CANCELLED,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            )
+            self._event(
+                conn,
+                job_id,
+                models.END_CANCELLED,
+                f"cancelled while {job.status}",
+                job.attempts or None,
+                now,
+            )
+            self._notify(conn, "c")
+        return job
+
+    def retry(self, job_id: int, check: Callable[[Job], None], now: float | None = None) -> Job:
+        """Make a failed or cancelled job `pending` again with a fresh set of attempts.
+
+        `check(job)` runs inside the transaction (the allowlist re-check) and may raise.
+        """
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            job = self._locked_row(conn, job_id)
+            if job.status not in (models.FAILED, models.CANCELLED):
+                raise InvalidTransition(
+                    f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried"
+                )
+            check(job)
+            self._reset(conn, job, now)
+            self._notify(conn)
+        return self.get(job_id)
+
+    def retry_all_failed(self, check: Callable[[Job], None], now: float | None = None) -> int:
+        """Retry every `failed` job that passes `check`; return how many."""
+        now = time.time() if now is None else now
+        count = 0
+        with self._write() as conn:
+            rows = conn.execute(
+                self._for_update(sa.select(jobs).where(jobs.c.status == models.FAILED))
+            ).mappings()
+            for row in rows.all():
+                job = Job.from_row(row)
+                try:
+                    check(job)
+                except Exception:  # noqa: BLE001 - a refused job simply stays failed
+                    continue
+                self._reset(conn, job, now)
+                count += 1
+            if count:
+                self._notify(conn)
+        return count
+
+    def _reset(self, conn: Connection, job: Job, now: float) -> None:
+        conn.execute(
+            jobs.update()
+            .where(jobs.c.id == job.id)
+            .values(
+                status=models.PENDING,
+                attempts=0,
+                run_at=now,
+                finished_at=None,
+                progress=None,
+                progress_message=None,
+                end_reason=None,
+            )
+        )
+        self._event(conn, job.id, "retry", f"retried by an operator (was {job.status})", None, now)
+
+    def prune(self, before: float) -> int:
+        """Delete finished jobs (and their events) whose ``finished_at`` is before `before`."""
+        old = sa.select(jobs.c.id).where(
+            jobs.c.status.in_(models.FINISHED_STATUSES), jobs.c.finished_at < before
+        )
+        with self._write() as conn:
+            conn.execute(events.delete().where(events.c.job_id.in_(old.scalar_subquery())))
+            return conn.execute(jobs.delete().where(jobs.c.id.in_(old.scalar_subquery()))).rowcount
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, job_id: int, *, with_events: bool = False) -> Job:
+        """The job with this id (and its history); `JobNotFound` if there is none."""
+        with self._read() as conn:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().first()
+            if row is None:
+                raise JobNotFound(f"no job with id {job_id}")
+            evs: tuple[Event, ...] | None = None
+            if with_events:
+                evs = tuple(
+                    Event(r.at, r.kind, r.message, r.attempt)
+                    for r in conn.execute(
+                        sa.select(events).where(events.c.job_id == job_id).order_by(events.c.id)
+                    )
+                )
+        return Job.from_row(row, evs)
+
+    def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        q: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Job], int]:
+        """Jobs newest first, filtered by status and a search text; and the total count."""
+        where: list[sa.ColumnElement[bool]] = []
+        if status:
+            where.append(jobs.c.status == status)
+        if q:
+            pattern = f"%{_like_escape(q)}%"
+            match = [
+                jobs.c.class_name.like(pattern, escape="\\"),
+                jobs.c.method_name.like(pattern, escape="\\"),
+            ]
+            if q.strip().isdigit() and len(q.strip()) < 18:
+                match.append(jobs.c.id == int(q.strip()))
+            where.append(sa.or_(*match))
+        with self._read() as conn:
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(jobs).where(*where)
+            ).scalar_one()
+            rows = conn.execute(
+                sa.select(jobs).where(*where).order_by(jobs.c.id.desc()).limit(limit).offset(offset)
+            ).mappings()
+            return [Job.from_row(r) for r in rows], int(total)
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per status (every status present, zero included)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
+            ).all()
+        counts = dict.fromkeys(models.STATUSES, 0)
+        counts.update({status: int(n) for status, n in rows})
+        return counts
+
+    def throughput(self, since: float, bucket: float = 60.0) -> list[dict[str, Any]]:
+        """Finished attempts per time bucket since `since`: ``[{at, succeeded, failed}]``."""
+        failed_kinds = [k for k in models.END_REASONS if k != models.END_SUCCEEDED]
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(events.c.at, events.c.kind).where(
+                    events.c.at >= since,
+                    events.c.kind.in_([models.END_SUCCEEDED, *failed_kinds]),
+                )
+            ).all()
+        now = time.time()
+        n = max(1, int((now - since) // bucket) + 1)
+        out = [
+            {"at": models.iso(since + i * bucket), "succeeded": 0, "failed": 0} for i in range(n)
+        ]
+        for at, kind in rows:
+            i = min(n - 1, int((at - since) // bucket))
+            out[i]["succeeded" if kind == models.END_SUCCEEDED else "failed"] += 1
+        return out
+
+    def next_due_at(self) -> float | None:
+        """When the earliest waiting job becomes due (``None`` if nothing waits)."""
+        with self._read() as conn:
+            value = conn.execute(
+                sa.select(sa.func.min(jobs.c.run_at)).where(jobs.c.status.in_(models.DUE_STATUSES))
+            ).scalar()
+        return None if value is None else float(value)
+
+    def has_work(self) -> bool:
+        """True while any job is waiting or running (an idle runner must not exit then)."""
+        active = (*models.DUE_STATUSES, models.RUNNING)
+        with self._read() as conn:
+            return (
+                conn.execute(sa.select(jobs.c.id).where(jobs.c.status.in_(active)).limit(1)).first()
+                is not None
+            )

@@ -1,0 +1,254 @@
+"""Fixtures shared by every tier: a test app on a real SQLite file (or the real PostgreSQL),
+real runner processes, and a teardown that kills every process a test started by its PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))  # the `jobapp` test package
+
+PG_URI = os.environ.get(
+    "BGJOBS_TEST_POSTGRES_URI", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+APP_IMPORT = "jobapp:create_app()"
+ALLOWED = "jobapp.jobs.Jobs:*,jobapp.jobs:module_function"
+
+T = TypeVar("T")
+
+
+def wait_for(
+    probe: Callable[[], T],
+    *,
+    timeout: float = 20.0,
+    what: str = "condition",
+    interval: float = 0.02,
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(") ")[-1][:1] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and its process group, ignoring ones already gone."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def runner_pids(instance: Path) -> set[int]:
+    """PIDs of runners found in an instance folder: lock-file contents and socket names."""
+    pids: set[int] = set()
+    run_dir = instance / "bgjobs-run"
+    if not run_dir.exists():
+        return pids
+    for lock in run_dir.glob("*.lock"):
+        text = lock.read_text().strip()
+        if text.isdigit():
+            pids.add(int(text))
+    for sock in run_dir.glob("*/*.sock"):
+        if sock.stem.isdigit():
+            pids.add(int(sock.stem))
+    return pids
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        import psycopg
+        import sqlalchemy as sa
+
+        url = sa.engine.make_url(PG_URI).set(drivername="postgresql")
+        with psycopg.connect(url.render_as_string(hide_password=False), connect_timeout=3):
+            return None
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"
+
+
+def reset_postgres() -> None:
+    """Drop the job tables so each test starts from an empty database."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(PG_URI)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE IF EXISTS bgjobs_events, bgjobs_jobs CASCADE"))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each integration test runs on SQLite and on PostgreSQL."""
+    if request.param == "postgresql":
+        problem = _postgres_reachable()
+        if problem:
+            if os.environ.get("CI"):
+                pytest.fail(f"PostgreSQL is required in CI but unreachable: {problem}")
+            pytest.skip(f"PostgreSQL unreachable: {problem}")
+    return str(request.param)
+
+
+@pytest.fixture
+def database_uri(backend: str, tmp_path: Path) -> str:
+    if backend == "postgresql":
+        reset_postgres()
+        return PG_URI
+    return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+@dataclass
+class Env:
+    """Paths and helpers of one test's environment."""
+
+    tmp: Path
+    instance: Path
+    marks: Path
+    database_uri: str
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def main_log(self) -> Path:
+        return self.instance / "logs" / "background_jobs.log"
+
+    @property
+    def error_log(self) -> Path:
+        return self.instance / "logs" / "background_jobs_errors.log"
+
+    def marks_of(self, tag: str) -> list[str]:
+        path = self.marks / tag
+        return path.read_text().splitlines() if path.exists() else []
+
+    def flask(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """Run ``flask --app jobapp:create_app() <args>`` to completion."""
+        kwargs.setdefault("timeout", 120)
+        return subprocess.run(
+            [sys.executable, "-m", "flask", "--app", APP_IMPORT, *args],
+            capture_output=True,
+            text=True,
+            cwd=self.tmp,
+            check=False,
+            **kwargs,
+        )
+
+    def start_worker(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``flask bgjobs worker <args>`` in the background; killed at teardown."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", APP_IMPORT, "bgjobs", "worker", *args],
+            cwd=self.tmp,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def burst(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run a burst worker: everything due now, then exit."""
+        result = self.flask("bgjobs", "worker", "--burst", *args, timeout=timeout)
+        assert result.returncode == 0, result.stderr
+        return result
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_uri: str) -> Iterator[Env]:
+    """Environment variables for the test app and every runner it starts."""
+    for name in list(os.environ):
+        if name.startswith("BGJOBS_") or name in (
+            "FLASK_APP",
+            "BACKGROUND_JOB_LOG",
+            "ERROR_LOG",
+            "DEFAULT_RETRY_ATTEMPTS",
+            "DEFAULT_DELAY",
+            "DEFAULT_PRIORITY",
+        ):
+            monkeypatch.delenv(name)
+    instance = tmp_path / "instance"
+    marks = tmp_path / "marks"
+    pythonpath = os.pathsep.join(
+        p for p in (str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+    )
+    settings = {
+        "PYTHONPATH": pythonpath,
+        "JOBAPP_INSTANCE": str(instance),
+        "JOBAPP_MARKS": str(marks),
+        "BGJOBS_APP": APP_IMPORT,
+        "BGJOBS_DATABASE_URI": database_uri,
+        "BGJOBS_ALLOWED_JOBS": ALLOWED,
+        "BGJOBS_AUTOSTART": "false",
+        "BGJOBS_RETRY_DELAY": "0.05",
+        "BGJOBS_IDLE_TIMEOUT": "2",
+        "BGJOBS_MAX_CONCURRENCY": "2",
+        "BGJOBS_SHUTDOWN_GRACE": "10",
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    e = Env(tmp_path, instance, marks, database_uri)
+    yield e
+    # Teardown: every process this test started, detached runners included, by PID.
+    for proc in e.procs:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+        proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    for pid in runner_pids(instance):
+        if pid != os.getpid():
+            kill_tree(pid)
+    for pid in runner_pids(instance):
+        wait_for(lambda p=pid: not pid_alive(p), timeout=10, what=f"runner {pid} to exit")
+
+
+@pytest.fixture
+def app(env: Env) -> Iterator[Any]:
+    """The test app, built from the environment exactly as runners build it."""
+    from jobapp import create_app
+
+    app = create_app()
+    yield app
+    app.extensions["bgjobs"].store.close()
+
+
+@pytest.fixture
+def ctx(app: Any) -> Iterator[None]:
+    """An application context for the test body."""
+    with app.app_context():
+        yield
+
+
+@pytest.fixture
+def bgjobs(app: Any) -> Any:
+    """The `BackgroundJobs` object of the test app."""
+    return app.extensions["bgjobs"].ext

@@ -1,0 +1,102 @@
+"""Jobs the integration tests run: each one shows one behaviour of the engine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from flask_bgjobs import current_job
+
+
+def _mark(name: str, text: str = "") -> None:
+    """Append a line to a file in ``JOBAPP_MARKS`` so tests can see what ran, and how often."""
+    folder = Path(os.environ["JOBAPP_MARKS"])
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / name, "a", encoding="utf-8") as fh:
+        fh.write(f"{text}\n")
+
+
+class Jobs:
+    """Methods called on a fresh instance, as users' job classes are."""
+
+    def add(self, a: int, b: int) -> int:
+        return a + b
+
+    def noop(self) -> None:
+        return None
+
+    def greet(self, name: str, greeting: str = "Hello") -> str:
+        return f"{greeting}, {name}!"
+
+    def record(self, tag: str) -> dict[str, object]:
+        _mark(tag, f"{current_job.id} {current_job.attempt} {os.getpid()}")
+        return {"pid": os.getpid(), "attempt": current_job.attempt}
+
+    def fail(self, message: str = "bad row") -> None:
+        raise ValueError(message)
+
+    def flaky(self, tag: str, failures: int) -> str:
+        """Fail `failures` times, then succeed."""
+        _mark(tag, str(current_job.attempt))
+        if current_job.attempt <= failures:
+            raise RuntimeError(f"flaky failure {current_job.attempt}")
+        return "ok"
+
+    def sleep(self, seconds: float, tag: str = "") -> str:
+        if tag:
+            _mark(tag, f"start {os.getpid()}")
+        time.sleep(seconds)
+        if tag:
+            _mark(tag, "end")
+        return "slept"
+
+    def wait_for_file(self, path: str, tag: str = "") -> str:
+        """Run until `path` exists (tests create it when they are ready), at most 60 s."""
+        if tag:
+            _mark(tag, f"start {os.getpid()}")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(path)
+            time.sleep(0.01)
+        return "released"
+
+    def progress(self, steps: int = 4) -> str:
+        for i in range(1, steps + 1):
+            current_job.progress(100 * i / steps, f"step {i} of {steps}")
+        return "done"
+
+    def exit_hard(self, code: int = 3) -> None:
+        os._exit(code)
+
+    def kill_self(self, sig: int = signal.SIGKILL) -> None:
+        os.kill(os.getpid(), sig)
+
+    def kill_runner(self, tag: str) -> None:
+        """Kill the runner that forked us: the job that takes its runner down every time."""
+        _mark(tag, str(current_job.attempt))
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(30)
+
+    def spawn_and_hang(self, tag: str) -> None:
+        """Fork a child that ignores SIGTERM, record both pids, then hang (for timeouts)."""
+        code = "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+        child = subprocess.Popen([sys.executable, "-c", code])
+        _mark(tag, f"{os.getpid()} {child.pid}")
+        time.sleep(120)
+
+    def unserialisable(self) -> object:
+        return {1, 2, 3}
+
+    def write_stdout(self) -> str:
+        print("hello from a job")
+        return "printed"
+
+
+def module_function(x: int) -> int:
+    """A module-level function job: ``jobapp.jobs::module_function``."""
+    return x * 2
