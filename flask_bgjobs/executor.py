@@ -146,8 +146,12 @@ def child_main(
         _context = _Context(job.id, job.attempts, fd)
         with app.app_context():
             _run(job, fd, allowlist, max_params_bytes)
-    except BaseException:  # noqa: BLE001 - nothing may escape a forked child
+    except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
         code = 70
+        try:  # say why, if the pipe still works: "exit code 70" alone helps nobody
+            _send(fd, {"t": MSG_ERROR, "error": _error_text(exc), "tb": traceback.format_exc()})
+        except BaseException:  # noqa: BLE001
+            pass
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:

@@ -98,6 +98,7 @@ class Runner:
         self._unsaved: list[tuple[Outcome, Attempt | None]] = []
         self._log_failed: set[int] = set()
         self._stop_requests = 0
+        self._stop_logged = False
         self._stop_deadline = 0.0
         self._want_claim = True
         self._check_leases = False
@@ -191,6 +192,12 @@ class Runner:
         self._reap()
         self._record()
         if self._stop_requests:
+            if not self._stop_logged:
+                self._stop_logged = True
+                self.log.info(
+                    f"Runner {security.printable(self.runner_id)} stopping: no new jobs; "
+                    f"{len(self._attempts)} running, {self.settings.shutdown_grace:g} s grace."
+                )
             if not self._attempts:
                 self._save_unsaved()
                 return False
@@ -333,9 +340,10 @@ class Runner:
             if fd is not None and fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        for att in self._attempts.values():
+        # Only pipes still open: a closed one's number may already be this child's own pipe.
+        for fd in self._fd_attempt:
             with contextlib.suppress(OSError):
-                os.close(att.fd)
+                os.close(fd)
         if self._wake_sock is not None:
             with contextlib.suppress(OSError):
                 os.close(self._wake_sock.fileno())
@@ -392,7 +400,8 @@ class Runner:
                 att.final = message
 
     def _close_pipe(self, att: Attempt) -> None:
-        if att.fd in self._fd_attempt:
+        # Fd numbers are reused: only close the pipe if it is still this attempt's own.
+        if self._fd_attempt.get(att.fd) is att:
             del self._fd_attempt[att.fd]
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(att.fd)
@@ -410,7 +419,7 @@ class Runner:
             if att is None:
                 continue
             att.status = status
-            if att.fd in self._fd_attempt:
+            if self._fd_attempt.get(att.fd) is att:
                 self._read_pipe(att)
                 self._close_pipe(att)
             self._finished.append(att)

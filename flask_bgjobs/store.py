@@ -377,7 +377,12 @@ class Store:
                     )
                 elif o.reason == models.END_SHUTDOWN:
                     # Interrupted by the runner's own shutdown: give the attempt back.
-                    values.update(status=models.PENDING, attempts=jobs.c.attempts - 1)
+                    values.update(
+                        status=models.PENDING,
+                        attempts=jobs.c.attempts - 1,
+                        progress=None,
+                        progress_message=None,
+                    )
                 elif o.retry_in is not None:
                     values.update(
                         status=models.RETRYING,

@@ -66,19 +66,20 @@ def kill_tree(pid: int) -> None:
             pass
 
 
-def runner_pids(instance: Path) -> set[int]:
-    """PIDs of runners found in an instance folder: lock-file contents and socket names."""
+def runner_pids(instance: Path, database_uri: str | None = None) -> set[int]:
+    """PIDs of runners: lock-file contents in the instance folder, and socket names."""
+    from flask_bgjobs.launcher import Launcher
+
     pids: set[int] = set()
     run_dir = instance / "bgjobs-run"
-    if not run_dir.exists():
-        return pids
-    for lock in run_dir.glob("*.lock"):
+    for lock in run_dir.glob("*.lock") if run_dir.exists() else ():
         text = lock.read_text().strip()
         if text.isdigit():
             pids.add(int(text))
-    for sock in run_dir.glob("*/*.sock"):
-        if sock.stem.isdigit():
-            pids.add(int(sock.stem))
+    sockets = list(run_dir.glob("*/*.sock")) if run_dir.exists() else []
+    if database_uri:  # long instance paths put sockets under the temp folder instead
+        sockets += Path(Launcher(str(instance), database_uri).sock_dir).glob("*.sock")
+    pids.update(int(sock.stem) for sock in sockets if sock.stem.isdigit())
     return pids
 
 
@@ -94,11 +95,32 @@ def _postgres_reachable() -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-def reset_postgres() -> None:
+def _pg_admin(sql: str) -> None:
+    import psycopg
+    import sqlalchemy as sa
+
+    url = sa.engine.make_url(PG_URI).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def pg_session_uri() -> Iterator[str]:
+    """A database of this test session's own, so parallel runs never drop each other's tables."""
+    import sqlalchemy as sa
+
+    name = f"bgjobs_test_{os.getpid()}"
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    yield sa.engine.make_url(PG_URI).set(database=name).render_as_string(hide_password=False)
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def reset_postgres(uri: str) -> None:
     """Drop the job tables so each test starts from an empty database."""
     import sqlalchemy as sa
 
-    engine = sa.create_engine(PG_URI)
+    engine = sa.create_engine(uri)
     try:
         with engine.begin() as conn:
             conn.execute(sa.text("DROP TABLE IF EXISTS bgjobs_events, bgjobs_jobs CASCADE"))
@@ -119,10 +141,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def database_uri(backend: str, tmp_path: Path) -> str:
+def database_uri(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if backend == "postgresql":
-        reset_postgres()
-        return PG_URI
+        uri: str = request.getfixturevalue("pg_session_uri")
+        reset_postgres(uri)
+        return uri
     return f"sqlite:///{tmp_path / 'jobs.db'}"
 
 
@@ -143,6 +166,12 @@ class Env:
     @property
     def error_log(self) -> Path:
         return self.instance / "logs" / "background_jobs_errors.log"
+
+    def runner_sockets(self) -> list[Path]:
+        """The wake-up sockets of live runners of this database."""
+        from flask_bgjobs.launcher import Launcher
+
+        return list(Path(Launcher(str(self.instance), self.database_uri).sock_dir).glob("*.sock"))
 
     def marks_of(self, tag: str) -> list[str]:
         path = self.marks / tag
@@ -224,10 +253,10 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_uri: str) -> I
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
-    for pid in runner_pids(instance):
+    for pid in runner_pids(instance, database_uri):
         if pid != os.getpid():
             kill_tree(pid)
-    for pid in runner_pids(instance):
+    for pid in runner_pids(instance, database_uri):
         wait_for(lambda p=pid: not pid_alive(p), timeout=10, what=f"runner {pid} to exit")
 
 
