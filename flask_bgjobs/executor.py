@@ -173,7 +173,8 @@ def _run(job: Job, fd: int, allowlist: security.Allowlist, max_params_bytes: int
         result = target(*params) if isinstance(params, list) else target(**params)
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the attempt too
         # Start the traceback at the job's own frame: ours is noise to the reader.
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))
+        frames = exc.__traceback__.tb_next if exc.__traceback__ else None
+        tb = "".join(traceback.format_exception(type(exc), exc, frames))
         if len(tb) > MAX_TRACEBACK:
             tb = "…\n" + tb[-MAX_TRACEBACK:]
         _send(fd, {"t": MSG_ERROR, "error": _error_text(exc), "tb": tb})

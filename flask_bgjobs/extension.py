@@ -112,7 +112,14 @@ class BackgroundJobs:
 
     def allow(self, class_name: str, *methods: str) -> None:
         """Allow ``class_name.method`` (or every public method: no methods, or ``"*"``)."""
-        self._allowlist.add(class_name, *methods)
+        self._allowlist.add(class_name, *methods)  # checks the names: InvalidJob if malformed
+        # `allowed` is the mapping every app's allowlist reads live; `_allowlist` only checks.
+        before = self.allowed.get(class_name)
+        if not methods or "*" in methods or before == "*":
+            self.allowed[class_name] = "*"
+        else:
+            named = tuple(before) if isinstance(before, (tuple, list, set, frozenset)) else ()
+            self.allowed[class_name] = tuple(dict.fromkeys((*named, *methods)))
 
     def dashboard_auth(self, func: Callable[[], object]) -> Callable[[], object]:
         """Register a callable (no arguments, reads `flask.request`) that admits a request."""
@@ -286,15 +293,17 @@ def _import_string(app: Flask) -> str:
     if app.import_name == "__main__":
         main = sys.modules.get("__main__")
         path = getattr(main, "__file__", None)
-        if path:
+        if isinstance(path, str):
             return os.path.abspath(path)
     return app.import_name
 
 
 def _register_dashboard(app: Flask, settings: config.Settings) -> None:
+    import importlib
+
     try:
-        from flask_bgjobs import dashboard
-    except ImportError:  # the dashboard ships in its own change
+        dashboard = importlib.import_module("flask_bgjobs.dashboard")
+    except ModuleNotFoundError:  # the dashboard ships in its own change
         return
     dashboard.register(app, settings)
 

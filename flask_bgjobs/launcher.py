@@ -36,8 +36,10 @@ _MAX_SOCKET_PATH = 100
 
 try:
     import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+
+    _HAS_FLOCK = True
+except ImportError:  # pragma: no cover - Windows: no host lock, no autostart
+    _HAS_FLOCK = False
 
 
 def popen_kwargs(platform: str) -> dict[str, Any]:
@@ -127,7 +129,7 @@ class Launcher:
 
     def runner_alive(self) -> bool:
         """True when some runner of this database holds the host lock."""
-        if fcntl is None:  # pragma: no cover
+        if not _HAS_FLOCK:  # pragma: no cover
             return False
         with self._mutex:
             fd = self._probe()
@@ -150,7 +152,7 @@ class Launcher:
         The lock is taken here and inherited by the runner, so no second web process can
         start another in the ~1 s before the runner has imported the app.
         """
-        if fcntl is None or self.runner_alive():  # pragma: no cover - Windows
+        if not _HAS_FLOCK or self.runner_alive():  # pragma: no cover - Windows
             return None
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -178,7 +180,7 @@ class Launcher:
 
     def hold_lock(self, inherited_fd: int | None, *, exclusive: bool) -> int | None:
         """Take (or adopt) the host lock for a runner; ``None`` if it is held elsewhere."""
-        if fcntl is None:  # pragma: no cover
+        if not _HAS_FLOCK:  # pragma: no cover
             return None
         if inherited_fd is not None:
             try:

@@ -184,7 +184,7 @@ class Job:
     events: tuple[Event, ...] | None = field(default=None, compare=False)
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any], events: tuple[Event, ...] | None = None) -> Job:
+    def from_row(cls, row: Mapping[Any, Any], events: tuple[Event, ...] | None = None) -> Job:
         """Build a `Job` from a mapping of column values."""
         return cls(
             id=row["id"],
@@ -236,7 +236,11 @@ class Job:
         return self.status in FINISHED_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of SPEC §9 (``events`` only when they were loaded)."""
+        """The JSON shape of SPEC §9, exactly (``events`` only when they were loaded).
+
+        The traceback, timeout and end reason stay off it: the contract fixes the keys. Pages
+        and ``flask bgjobs show`` read them from the `Job` itself.
+        """
         try:
             params: Any = self.params
         except ValueError:  # an edited row: show it, don't crash the view
@@ -262,12 +266,8 @@ class Job:
             "progress_message": self.progress_message,
             "result": result,
             "error": self.error,
-            "traceback": self.traceback,
-            "end_reason": self.end_reason,
             "runner_id": self.runner_id,
             "pid": self.pid,
-            "timeout": self.timeout,
-            "log_incomplete": self.log_incomplete,
         }
         if self.events is not None:
             data["events"] = [e.to_dict() for e in self.events]

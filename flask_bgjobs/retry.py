@@ -28,7 +28,7 @@ def backoff(
     """
     if kind != "exponential":
         return base
-    wait = min(MAX_BACKOFF, base * 2 ** min(attempt - 1, 64))
+    wait: float = min(MAX_BACKOFF, base * 2.0 ** min(attempt - 1, 64))
     return min(MAX_BACKOFF, wait * (1 + JITTER * (2 * rand() - 1)))
 
 

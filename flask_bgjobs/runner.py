@@ -179,6 +179,9 @@ class Runner:
                     os.close(fd)
         self._lock_fd = None
 
+    def _stopping(self) -> bool:
+        return self._stop_requests > 0
+
     def _on_stop(self, _signum: int, _frame: Any) -> None:
         self._stop_requests += 1
         if self._stop_requests == 1:
@@ -210,7 +213,7 @@ class Runner:
                 self._next_due = None
                 self._want_claim = True
             self._housekeeping(now)
-            if self._stop_requests:
+            if self._stopping():  # a signal may have arrived meanwhile
                 return True
             self._check_timeouts(now)
             if self._want_claim and now >= self._db_wait_until:
@@ -479,25 +482,26 @@ class Runner:
         status = att.status or 0
         final = att.final or {}
         kind = final.get("t")
-        base = {"job_id": job.id, "attempt": job.attempts, "pid": att.pid}
+        ids = (job.id, job.attempts)
         if att.killed == "lost":
             return None
         if att.killed == "shutdown":
-            return Outcome(reason=models.END_SHUTDOWN, message="interrupted by shutdown", **base)
+            return Outcome(*ids, models.END_SHUTDOWN, "interrupted by shutdown", pid=att.pid)
         tb = None
         if att.killed == "timeout":
             reason, error = models.END_TIMEOUT, f"timeout after {job.timeout:g} s"
         elif kind == executor.MSG_OK and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
             return Outcome(
-                reason=models.END_SUCCEEDED,
-                message=str(final.get("note") or "succeeded"),
+                *ids,
+                models.END_SUCCEEDED,
+                str(final.get("note") or "succeeded"),
                 result_json=final.get("result"),
-                **base,
+                pid=att.pid,
             )
         elif kind == executor.MSG_REJECTED:
             error = str(final.get("error"))
             self.log.write_error(joblog.rejected(job.name, error))
-            return Outcome(reason=models.END_REJECTED, message=error, error=error, **base)
+            return Outcome(*ids, models.END_REJECTED, error, error=error, pid=att.pid)
         elif kind == executor.MSG_ERROR:
             reason, error, tb = models.END_EXCEPTION, str(final.get("error")), final.get("tb")
         elif os.WIFSIGNALED(status):
@@ -511,12 +515,13 @@ class Runner:
         )
         message = error if wait is None else f"{error}; retrying in {wait:.1f} s"
         return Outcome(
-            reason=reason,
-            message=message,
+            *ids,
+            reason,
+            message,
             error=error,
             traceback=tb if isinstance(tb, str) else None,
             retry_in=wait,
-            **base,
+            pid=att.pid,
         )
 
     def _save_unsaved(self) -> None:

@@ -597,7 +597,7 @@ class Store:
             where.append(jobs.c.status == status)
         if q:
             pattern = f"%{_like_escape(q)}%"
-            match = [
+            match: list[sa.ColumnElement[bool]] = [
                 jobs.c.class_name.like(pattern, escape="\\"),
                 jobs.c.method_name.like(pattern, escape="\\"),
             ]
@@ -635,13 +635,14 @@ class Store:
             ).all()
         now = time.time()
         n = max(1, int((now - since) // bucket) + 1)
-        out = [
-            {"at": models.iso(since + i * bucket), "succeeded": 0, "failed": 0} for i in range(n)
-        ]
+        succeeded, failed = [0] * n, [0] * n
         for at, kind in rows:
             i = min(n - 1, int((at - since) // bucket))
-            out[i]["succeeded" if kind == models.END_SUCCEEDED else "failed"] += 1
-        return out
+            (succeeded if kind == models.END_SUCCEEDED else failed)[i] += 1
+        return [
+            {"at": models.iso(since + i * bucket), "succeeded": succeeded[i], "failed": failed[i]}
+            for i in range(n)
+        ]
 
     def next_due_at(self) -> float | None:
         """When the earliest waiting job becomes due (``None`` if nothing waits)."""
