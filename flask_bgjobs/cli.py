@@ -1,12 +1,14 @@
 """``flask bgjobs …``: every command goes through the extension object, never its own SQL.
 
-Bad input exits non-zero with one clear line on stderr, never a traceback.
+Bad input exits non-zero with one clear line on stderr, never a traceback: Click's usage
+errors are folded into one line too, and every other error becomes ``Error: <one line>``.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from datetime import datetime, timezone
+from typing import IO, Any
 
 import click
 from flask import current_app
@@ -18,6 +20,20 @@ from flask_bgjobs.errors import BgJobsError
 from flask_bgjobs.extension import EXTENSION_KEY, BackgroundJobs
 from flask_bgjobs.models import Job
 
+#: Longest error line printed; a huge message (a giant class name) is cut, not dumped.
+_MAX_ERROR_CHARS = 500
+#: Ids are 64-bit on every backend: a larger number is a typo, not a job to look up.
+_MAX_ID = 2**63 - 1
+_JOB_ID = click.IntRange(min=1, max=_MAX_ID)
+
+
+class _OneLineUsageError(click.UsageError):
+    """A Click usage error shown as one line, with a pointer to ``--help``."""
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"Error: {_one_line(self.format_message())}{hint}", file=file, err=True)
+
 
 class _Group(AppGroup):
     """An `AppGroup` whose commands turn every error into one line on stderr."""
@@ -25,27 +41,55 @@ class _Group(AppGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except _OneLineUsageError:
+            raise
+        except click.UsageError as exc:
+            raise _OneLineUsageError(exc.format_message(), exc.ctx) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except BgJobsError as exc:
             raise click.ClickException(_one_line(str(exc))) from None
         except SQLAlchemyError as exc:
-            orig = getattr(exc, "orig", None) or exc
-            raise click.ClickException(
-                _one_line(f"database error: {type(orig).__name__}: {orig}")
-            ) from None
-        except (OSError, RuntimeError, ValueError) as exc:
+            raise click.ClickException(_database_error(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - the contract: never a traceback
             raise click.ClickException(_one_line(f"{type(exc).__name__}: {exc}")) from None
 
 
 def _one_line(text: str) -> str:
-    first = text.strip().splitlines()[0] if text.strip() else "failed"
-    return security.printable(first)[:500]
+    """The first non-empty line of `text`, control characters escaped, length capped."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    first = security.printable(lines[0].strip()) if lines else "failed"
+    if len(first) > _MAX_ERROR_CHARS:
+        first = first[: _MAX_ERROR_CHARS - 3] + "..."
+    return first
+
+
+def _database_error(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = _one_line(f"database error: {type(orig).__name__}: {orig}")
+    missing = "no such table" in text or "does not exist" in text
+    if missing and any(table.name in text for table in (models.jobs, models.events)):
+        text += "; create them with 'flask bgjobs init-db'"
+    return text
+
+
+def _when(ts: float | None) -> str:
+    """Epoch seconds as ``YYYY-MM-DD HH:MM:SS`` UTC, the format of the log files."""
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 bgjobs_cli = _Group(
     "bgjobs",
-    help="Background jobs: run a worker, enqueue, inspect, retry, cancel and prune jobs.",
+    help="""Background jobs: run a worker, enqueue, inspect, retry, cancel and prune jobs.
+
+    \b
+    Examples:
+      flask bgjobs worker
+      flask bgjobs enqueue demo_app.jobs.Reports process_data --params '[42]'
+      flask bgjobs list --status failed
+    """,
 )
 
 
@@ -73,20 +117,47 @@ def worker_command(concurrency: int | None, burst: bool) -> None:
     """Run jobs in this process until SIGTERM or Ctrl-C.
 
     \b
-    Example:
+    Examples:
       flask --app myapp bgjobs worker --concurrency 4
+      flask --app myapp bgjobs worker --burst
     """
-    raise SystemExit(_ext().worker(concurrency=concurrency, burst=burst))
+    ext = _ext()
+    # The runner rides out database outages silently (they go to the error log); an
+    # operator starting it against a wrong or dead database should hear about it now.
+    ext.list_jobs(status=models.RUNNING, per_page=1)
+    raise SystemExit(ext.worker(concurrency=concurrency, burst=burst))
 
 
 @bgjobs_cli.command("enqueue")
 @click.argument("class_name")
 @click.argument("method_name")
-@click.option("--params", default=None, help="JSON list (positional) or object (keyword).")
-@click.option("--retries", type=int, default=None, help="Re-runs after the first failure.")
-@click.option("--delay", type=float, default=None, help="Seconds before the first run.")
-@click.option("--priority", type=int, default=None, help="Higher runs first.")
-@click.option("--timeout", type=float, default=None, help="Seconds per attempt (0: none).")
+@click.option(
+    "--params", default=None, help="JSON list (positional) or object (keyword arguments)."
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Re-runs after the first failure (default: BGJOBS_DEFAULT_RETRY_ATTEMPTS).",
+)
+@click.option(
+    "--delay",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds before the first run (default: BGJOBS_DEFAULT_DELAY).",
+)
+@click.option(
+    "--priority",
+    type=int,
+    default=None,
+    help="Higher runs first (default: BGJOBS_DEFAULT_PRIORITY).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds per attempt, 0 for none (default: BGJOBS_JOB_TIMEOUT).",
+)
 def enqueue_command(
     class_name: str,
     method_name: str,
@@ -96,57 +167,89 @@ def enqueue_command(
     priority: int | None,
     timeout: float | None,
 ) -> None:
-    """Enqueue CLASS_NAME.METHOD_NAME and print the new job's id.
+    """Enqueue a job and print its id.
+
+    The new job's id is printed alone on stdout, so scripts can capture it. CLASS_NAME is a dotted path to a class (instantiated with no arguments) or a module
+    (METHOD_NAME is then a function of it); the pair must be in BGJOBS_ALLOWED_JOBS.
 
     \b
-    Example:
+    Examples:
       flask bgjobs enqueue demo_app.jobs.Reports process_data --params '[42]' --priority 5
+      flask bgjobs enqueue demo_app.mail send --params '{"to": "ada@example.com"}' --delay 60
     """
     ext = _ext()
     decoded = None
     if params is not None:
-        decoded = security.decode_params(params, ext.state().settings.max_params_bytes)
+        try:
+            decoded = security.decode_params(params, ext.state().settings.max_params_bytes)
+        except BgJobsError as exc:
+            ext.log_rejected(class_name, method_name, exc)
+            raise
     job = ext.run(class_name, method_name, decoded, retries, delay, priority, timeout=timeout)
     click.echo(job.id)
 
 
 @bgjobs_cli.command("list")
-@click.option("--status", type=click.Choice(models.STATUSES), default=None)
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--status", type=click.Choice(models.STATUSES), default=None, help="Only jobs in this status."
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Show at most this many (the newest).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of jobs.")
 def list_command(status: str | None, limit: int, as_json: bool) -> None:
     """List jobs, newest first.
 
     \b
-    Example:
+    Examples:
       flask bgjobs list --status failed --limit 50
+      flask bgjobs list --json
     """
-    jobs, total = _ext().list_jobs(status=status, per_page=limit)
+    jobs, total = _ext().list_jobs(status=status, per_page=min(limit, _MAX_ID))
     if as_json:
         click.echo(json.dumps([j.to_dict() for j in jobs], indent=2))
         return
     if not jobs:
         click.echo("no jobs" + (f" with status {status}" if status else ""))
         return
-    click.echo(f"{'ID':>7}  {'STATUS':<9}  {'PRIO':>4}  {'TRIES':>5}  {'CREATED':<20}  JOB")
-    for j in jobs:
-        click.echo(
-            f"{j.id:>7}  {j.status:<9}  {j.priority:>4}  {j.attempts:>2}/{j.max_attempts:<2}  "
-            f"{models.iso(j.created_at) or '':<20}  {security.printable(j.name)}"
+    rows = [
+        (
+            str(j.id),
+            j.status,
+            str(j.priority),
+            f"{j.attempts}/{j.max_attempts}",
+            _when(j.created_at),
+            security.printable(j.name),
         )
+        for j in jobs
+    ]
+    header = ("ID", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED (UTC)", "JOB")
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
+    right = (True, False, True, True, False)  # numbers align right
+    for row in (header, *rows):
+        cells = [
+            cell.rjust(w) if r else cell.ljust(w)
+            for cell, w, r in zip(row[:-1], widths, right, strict=True)
+        ]
+        click.echo("  ".join([*cells, row[-1]]))
     if total > len(jobs):
-        click.echo(f"({len(jobs)} of {total} shown)")
+        click.echo(f"({len(jobs)} of {total} shown; use --limit for more)")
 
 
 @bgjobs_cli.command("show")
-@click.argument("job_id", type=int)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.argument("job_id", type=_JOB_ID)
+@click.option("--json", "as_json", is_flag=True, help="Print the job (and its events) as JSON.")
 def show_command(job_id: int, as_json: bool) -> None:
     """Show one job: its fields, result, error and history.
 
     \b
-    Example:
+    Examples:
       flask bgjobs show 17
+      flask bgjobs show 17 --json
     """
     job = _ext().get_job(job_id)
     if as_json:
@@ -158,27 +261,27 @@ def show_command(job_id: int, as_json: bool) -> None:
 def _print_job(job: Job) -> None:
     data = job.to_dict()
     p = security.printable
-    for key in (
-        "id",
-        "status",
-        "priority",
-        "attempts",
-        "max_attempts",
-        "timeout",
-        "created_at",
-        "run_at",
-        "started_at",
-        "finished_at",
-        "progress",
-        "progress_message",
-        "runner_id",
-        "pid",
-        "end_reason",
-    ):
-        value = data[key]
+
+    def field(label: str, value: object) -> None:
         if value is not None:
-            click.echo(f"{key + ':':<18}{p(str(value))}")
-    click.echo(f"{'job:':<18}{p(job.name)}")
+            click.echo(f"{label + ':':<18}{p(str(value))}")
+
+    field("job", job.name)
+    field("id", job.id)
+    field("status", job.status)
+    field("priority", job.priority)
+    field("attempts", f"{job.attempts} of {job.max_attempts}")
+    field("timeout", f"{job.timeout:g} s" if job.timeout else "none")
+    for key in ("created_at", "run_at", "started_at", "finished_at"):
+        field(key, data[key])
+    if job.progress is not None:
+        field(
+            "progress",
+            f"{job.progress:g}%" + (f" {job.progress_message}" if job.progress_message else ""),
+        )
+    field("runner_id", job.runner_id)
+    field("pid", job.pid)
+    field("end_reason", job.end_reason)
     click.echo(f"{'params:':<18}{p(json.dumps(data['params'], ensure_ascii=False))}")
     if job.result_json is not None:
         click.echo(f"{'result:':<18}{p(job.result_json)}")
@@ -189,8 +292,8 @@ def _print_job(job: Job) -> None:
     if job.events:
         click.echo("events:")
         for e in job.events:
-            attempt = f" attempt {e.attempt}" if e.attempt else ""
-            click.echo(f"  {models.iso(e.at)}  {e.kind:<13}{attempt}  {p(e.message)}")
+            attempt = f"attempt {e.attempt}" if e.attempt else ""
+            click.echo(f"  {_when(e.at)}  {e.kind:<13}  {attempt:<10}  {p(e.message)}")
     if job.traceback:
         click.echo("traceback:")
         for line in job.traceback.rstrip("\n").split("\n"):
@@ -198,18 +301,23 @@ def _print_job(job: Job) -> None:
 
 
 @bgjobs_cli.command("retry")
-@click.argument("job_id", type=int, required=False)
+@click.argument("job_id", type=_JOB_ID, required=False)
 @click.option("--all-failed", is_flag=True, help="Retry every failed job.")
 def retry_command(job_id: int | None, all_failed: bool) -> None:
-    """Retry a failed or cancelled job (fresh attempts), or every failed job.
+    """Retry a failed or cancelled job, or every failed one.
+
+    The job becomes pending with a fresh set of attempts; its history is kept. Jobs in
+    other statuses are refused.
 
     \b
     Examples:
       flask bgjobs retry 17
       flask bgjobs retry --all-failed
     """
-    if (job_id is None) == (not all_failed):
-        raise click.UsageError("give either a job ID or --all-failed")
+    if job_id is None and not all_failed:
+        raise click.UsageError("give a job ID or --all-failed")
+    if job_id is not None and all_failed:
+        raise click.UsageError("give a job ID or --all-failed, not both")
     ext = _ext()
     if all_failed:
         click.echo(f"{ext.retry_all_failed()} job(s) retried")
@@ -220,9 +328,11 @@ def retry_command(job_id: int | None, all_failed: bool) -> None:
 
 
 @bgjobs_cli.command("cancel")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=_JOB_ID)
 def cancel_command(job_id: int) -> None:
-    """Cancel a pending, retrying or running job (a running one is killed).
+    """Cancel a pending, retrying or running job.
+
+    A running job's whole process group is killed. Finished jobs are refused.
 
     \b
     Example:
@@ -242,7 +352,10 @@ def cancel_command(job_id: int) -> None:
     help="Delete succeeded, failed and cancelled jobs that finished more than DAYS ago.",
 )
 def prune_command(older_than: float) -> None:
-    """Delete finished jobs older than DAYS (never pending or running ones).
+    """Delete finished jobs older than DAYS.
+
+    Only succeeded, failed and cancelled jobs whose finished_at is older than DAYS go (with
+    their history); pending, retrying and running jobs are never deleted.
 
     \b
     Example:
@@ -254,7 +367,9 @@ def prune_command(older_than: float) -> None:
 @bgjobs_cli.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def stats_command(as_json: bool) -> None:
-    """Show how many jobs are in each status, and the last hour's throughput.
+    """Show job counts per status and throughput.
+
+    Throughput is the number of attempts that ended, per minute, over the last hour.
 
     \b
     Example:
@@ -273,7 +388,10 @@ def stats_command(as_json: bool) -> None:
 
 @bgjobs_cli.command("sweep")
 def sweep_command() -> None:
-    """Take back running jobs whose lease expired, now (as failed attempts).
+    """Take back running jobs whose lease expired.
+
+    Runners do this on their own; sweep does it now. Each job taken back counts as a failed
+    attempt: it is retried if attempts remain, else it fails.
 
     \b
     Example:
@@ -289,6 +407,9 @@ def sweep_command() -> None:
 @bgjobs_cli.command("init-db")
 def init_db_command() -> None:
     """Create the job tables if they do not exist.
+
+    Needed only when BGJOBS_CREATE_TABLES is false (tables are otherwise created on first
+    use); safe to run again.
 
     \b
     Example:

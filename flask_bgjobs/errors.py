@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import click
+
 
 class BgJobsError(Exception):
     """Base class of every error raised by flask-bgjobs."""
 
 
-class ConfigError(BgJobsError, ValueError):
-    """Raised by ``init_app`` when a configuration value is malformed; names the key."""
+class ConfigError(BgJobsError, ValueError, click.ClickException):
+    """Raised by ``init_app`` when a configuration value is malformed; names the key.
+
+    It is also a `click.ClickException`: when ``flask …`` fails to build the app because of
+    it, the command line shows one ``Error: …`` line instead of a traceback.
+    """
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(f"{key}: {message}")
+        click.ClickException.__init__(self, f"{key}: {message}")
 
 
 class InvalidJob(BgJobsError, ValueError):

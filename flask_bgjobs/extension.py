@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, current_app, has_app_context
+from flask import Flask, Response, current_app, has_app_context
 
 from flask_bgjobs import config, joblog, launcher, models, retry, runner, security
-from flask_bgjobs.errors import BgJobsError, InvalidJob
+from flask_bgjobs.errors import BgJobsError, DatabaseBusy, InvalidJob
 from flask_bgjobs.joblog import JobLog
 from flask_bgjobs.models import Job
 from flask_bgjobs.store import Reclaimed, Store
@@ -105,6 +105,8 @@ class BackgroundJobs:
         from flask_bgjobs.cli import bgjobs_cli
 
         app.cli.add_command(bgjobs_cli)
+        # A request that enqueues while SQLite stays locked gets "try again", not a 500.
+        app.register_error_handler(DatabaseBusy, _busy_response)
         if settings.dashboard:
             _register_dashboard(app, settings)
 
@@ -154,12 +156,7 @@ class BackgroundJobs:
             prio = _integer("priority", priority, s.default_priority)
             limit = _seconds("timeout", timeout, s.job_timeout)
         except BgJobsError as exc:
-            name = (
-                security.display_name(class_name, method_name)
-                if isinstance(class_name, str) and isinstance(method_name, str)
-                else f"{class_name!r}::{method_name!r}"
-            )
-            state.joblog.write_error(joblog.rejected(name[:400], joblog.error_text(exc)))
+            self.log_rejected(class_name, method_name, exc)
             raise
         job = state.store.enqueue(
             class_name=class_name,
@@ -173,12 +170,30 @@ class BackgroundJobs:
         self._wake(state)
         return job
 
+    def log_rejected(self, class_name: object, method_name: object, exc: BaseException) -> None:
+        """Write the one ``Job rejected for …`` line a refused request leaves in the error log."""
+        name = (
+            security.display_name(class_name, method_name)
+            if isinstance(class_name, str) and isinstance(method_name, str)
+            else f"{class_name!r}::{method_name!r}"
+        )
+        self.state().joblog.write_error(joblog.rejected(name[:400], joblog.error_text(exc)))
+
     def _wake(self, state: State, payload: bytes = launcher.WAKE_ENQUEUED) -> None:
-        state.launcher.nudge(payload)
-        if state.settings.autostart and payload == launcher.WAKE_ENQUEUED:
-            env = dict(os.environ)
-            env["BGJOBS_APP"] = state.app_import
-            state.launcher.ensure_runner(env)
+        # The job is committed already: a runner that cannot be woken or started must not
+        # turn a stored job into an error (the caller would enqueue it again).
+        try:
+            state.launcher.nudge(payload)
+            if state.settings.autostart and payload == launcher.WAKE_ENQUEUED:
+                env = dict(os.environ)
+                env["BGJOBS_APP"] = state.app_import
+                env[launcher.ERROR_LOG_ENV] = state.settings.error_log_file
+                state.launcher.ensure_runner(env)
+        except OSError as exc:
+            state.joblog.write_error(
+                f"Could not wake or start a runner (the job is stored and waits for one). "
+                f"Error: {joblog.error_text(exc)}"
+            )
 
     # -- operations shared by the CLI and the dashboard --------------------------------------
 
@@ -274,6 +289,13 @@ class BackgroundJobs:
         return runner.Runner(app, self.state(), concurrency=concurrency, burst=burst).run()
 
 
+def _busy_response(exc: DatabaseBusy) -> Response:
+    """503 with Retry-After: the enqueue wrote nothing and may simply be repeated."""
+    response = Response(f"{exc}\n", status=503, mimetype="text/plain")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 def _database_uri_of(app: Flask, db: SQLAlchemy | None) -> str | None:
     if db is None:
         return None
@@ -313,7 +335,13 @@ def _count(name: str, value: object, default: int) -> int:
         return default
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidJob(f"{name} must be an integer >= 0, got {value!r}"[:200])
+    if value >= INT_RANGE[1]:
+        raise InvalidJob(f"{name} must be below {INT_RANGE[1]}")
     return value
+
+
+#: Priorities and attempt counts are stored as 32-bit integers on every backend.
+INT_RANGE = (-(2**31), 2**31 - 1)
 
 
 def _integer(name: str, value: object, default: int) -> int:
@@ -321,6 +349,8 @@ def _integer(name: str, value: object, default: int) -> int:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidJob(f"{name} must be an integer, got {value!r}"[:200])
+    if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        raise InvalidJob(f"{name} must be between {INT_RANGE[0]} and {INT_RANGE[1]}")
     return value
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 #: Environment variable through which an auto-started runner receives its locked descriptor.
 LOCK_FD_ENV = "BGJOBS_RUNNER_LOCK_FD"
+#: ... and the error log, so it can report an app that fails to load (it has no config then).
+ERROR_LOG_ENV = "BGJOBS_RUNNER_ERROR_LOG"
 #: Datagram payloads: a job was enqueued (claim now) / a job was cancelled (check leases now).
 WAKE_ENQUEUED = b"e"
 WAKE_CANCELLED = b"c"
@@ -145,6 +147,14 @@ class Launcher:
             os.makedirs(self.run_dir, exist_ok=True)
             self._probe_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         return self._probe_fd
+
+    def release_lock(self, fd: int) -> None:
+        """Give up the host lock, clearing the pid an exclusive holder wrote into it."""
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_size:
+                os.truncate(fd, 0)
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
     def ensure_runner(self, env: Mapping[str, str]) -> int | None:
         """Start a detached runner unless one is alive; return the new runner's pid.

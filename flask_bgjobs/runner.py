@@ -45,6 +45,8 @@ POLL_INTERVAL = 1.0
 OWNERSHIP_CHECK = 1.0
 #: After a database error, wait this long before touching the database again (seconds).
 DB_RETRY = 0.5
+#: A burst worker gives up (exit 1) when the database stays unreachable this long (seconds).
+BURST_DB_PATIENCE = 30.0
 #: Most bytes a child may send before its result (a runaway progress loop is cut off).
 MAX_PIPE_BUFFER = 64 * 1024 * 1024
 
@@ -104,6 +106,8 @@ class Runner:
         self._check_leases = False
         self._db_wait_until = 0.0
         self._last_db_error = 0.0
+        self._db_failing_since: float | None = None
+        self._exit_code = 0
         now = time.monotonic()
         self._next_renew = now + self.settings.lease_seconds / 3
         self._next_owned = now + OWNERSHIP_CHECK
@@ -133,7 +137,7 @@ class Runner:
         finally:
             self._teardown()
         self.log.info(f"Runner {security.printable(self.runner_id)} stopped (pid {os.getpid()}).")
-        return 0
+        return self._exit_code
 
     def _setup(self) -> None:
         # Ignore SIGXFSZ so a log over `ulimit -f` is a failed write, not a dead runner.
@@ -173,10 +177,15 @@ class Runner:
             self._wake_sock.close()
         self._close_pg()
         self._sel.close()
-        for fd in (self._sig_r, self._sig_w, self._lock_fd):
-            if fd is not None and fd >= 0:
+        for fd in (self._sig_r, self._sig_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self._lock_fd is not None:
+            if self.autostarted:  # the pid in the lock file is ours: clear it
+                self.state.launcher.release_lock(self._lock_fd)
+            else:
                 with contextlib.suppress(OSError):
-                    os.close(fd)
+                    os.close(self._lock_fd)
         self._lock_fd = None
 
     def _stopping(self) -> bool:
@@ -222,6 +231,10 @@ class Runner:
                     self._last_active = now
             if self.burst and not self._attempts and not self._finished and not self._unsaved:
                 if not self._want_claim and not self._due_now():
+                    return False
+            if self.burst and not self._attempts and self._db_failing_since is not None:
+                if now - self._db_failing_since > BURST_DB_PATIENCE:
+                    self._exit_code = 1  # nobody would see it working: say it failed
                     return False
             if self.autostarted and not self._attempts and not self._finished:
                 if now - self._last_active >= self.settings.idle_timeout and self._idle_exit():
@@ -286,6 +299,7 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - a locked or lost database must not kill us
             self._db_error("claim", exc)
             return
+        self._db_failing_since = None
         if len(jobs) < free:
             self._want_claim = False
             self._next_due = None
@@ -644,7 +658,7 @@ class Runner:
             # committed before we released it, so the second look sees its job; a later one
             # finds the lock free and starts a new runner.
             if self._lock_fd is not None:
-                os.close(self._lock_fd)
+                self.state.launcher.release_lock(self._lock_fd)
                 self._lock_fd = None
             if not self.store.has_work():
                 return True
@@ -706,6 +720,8 @@ class Runner:
     def _db_error(self, what: str, exc: BaseException) -> None:
         self._db_wait_until = time.monotonic() + DB_RETRY
         now = time.monotonic()
+        if self._db_failing_since is None:
+            self._db_failing_since = now
         if now - self._last_db_error >= 30:
             self._last_db_error = now
             self.log.write_error(
@@ -768,7 +784,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report_crash(message: str) -> None:
-    path = os.environ.get("BGJOBS_ERROR_LOG_FILE") or os.environ.get("ERROR_LOG")
+    path = (
+        os.environ.get(launcher.ERROR_LOG_ENV)
+        or os.environ.get("BGJOBS_ERROR_LOG_FILE")
+        or os.environ.get("ERROR_LOG")
+    )
     text = f"{joblog.timestamp()} ERROR: Runner {message}\n{traceback.format_exc()}"
     if path:
         try:
