@@ -185,15 +185,19 @@ class BackgroundJobs:
         try:
             state.launcher.nudge(payload)
             if state.settings.autostart and payload == launcher.WAKE_ENQUEUED:
-                env = dict(os.environ)
-                env["BGJOBS_APP"] = state.app_import
-                env[launcher.ERROR_LOG_ENV] = state.settings.error_log_file
-                state.launcher.ensure_runner(env)
+                state.launcher.ensure_runner(lambda: self._runner_env(state))
         except OSError as exc:
             state.joblog.write_error(
                 f"Could not wake or start a runner (the job is stored and waits for one). "
                 f"Error: {joblog.error_text(exc)}"
             )
+
+    @staticmethod
+    def _runner_env(state: State) -> dict[str, str]:
+        env = dict(os.environ)  # the runner keeps the starting process's environment
+        env["BGJOBS_APP"] = state.app_import
+        env[launcher.ERROR_LOG_ENV] = state.settings.error_log_file
+        return env
 
     # -- operations shared by the CLI and the dashboard --------------------------------------
 

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 #: Environment variable through which an auto-started runner receives its locked descriptor.
@@ -156,7 +156,7 @@ class Launcher:
         with contextlib.suppress(OSError):
             os.close(fd)
 
-    def ensure_runner(self, env: Mapping[str, str]) -> int | None:
+    def ensure_runner(self, env: Callable[[], Mapping[str, str]]) -> int | None:
         """Start a detached runner unless one is alive; return the new runner's pid.
 
         The lock is taken here and inherited by the runner, so no second web process can
@@ -170,7 +170,7 @@ class Launcher:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return None  # another process is starting one right now
-            child_env = dict(env)
+            child_env = dict(env())  # built only now: most enqueues find a runner alive
             child_env[LOCK_FD_ENV] = str(fd)
             proc = subprocess.Popen(
                 runner_command(),

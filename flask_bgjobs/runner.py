@@ -548,19 +548,27 @@ class Runner:
             self._db_error("finish", exc)
             return
         self._unsaved = []
+        # All main-log lines of the batch in one append: the drain rate depends on it.
+        entries: list[tuple[str, str]] = []
+        logged: list[int] = []
         for (outcome, att), ok in zip(batch, applied, strict=False):
-            job = att.job if att is not None else None
+            if att is None:
+                continue  # rejected before it started: logged already
+            job = att.job
             if not ok:
-                if att is not None:
-                    self.log.warning(
-                        f"Job result discarded for {att.job.name} (job {outcome.job_id}, attempt "
-                        f"{outcome.attempt}/{att.job.max_attempts}): the lease was lost meanwhile."
+                entries.append(
+                    (
+                        "WARNING",
+                        f"Job result discarded for {job.name} (job {job.id}, attempt "
+                        f"{outcome.attempt}/{job.max_attempts}): the lease was lost meanwhile.",
                     )
+                )
                 continue
-            if job is None:
-                continue  # rejected before start: logged already
-            if not self._log_outcome(job, outcome, att):
+            if not self._log_outcome(job, outcome, att, entries):
                 self._log_failed.add(job.id)
+            logged.append(job.id)
+        if not self.log.write(entries):
+            self._log_failed.update(logged)
         if self._log_failed:
             failed, self._log_failed = list(self._log_failed), set()
             try:
@@ -568,21 +576,26 @@ class Runner:
             except Exception as exc:  # noqa: BLE001
                 self._db_error("mark_log_incomplete", exc)
 
-    def _log_outcome(self, job: Job, o: Outcome, att: Attempt | None) -> bool:
+    def _log_outcome(
+        self, job: Job, o: Outcome, att: Attempt, entries: list[tuple[str, str]]
+    ) -> bool:
+        """Add the main-log lines of one outcome to `entries`; write its error-log entry."""
         name, a, m = job.name, job.attempts, job.max_attempts
         if o.reason == models.END_SUCCEEDED:
-            seconds = time.monotonic() - att.started if att is not None else 0.0
-            ok = self.log.info(joblog.completed(name, job.id, seconds))
+            seconds = time.monotonic() - att.started
+            entries.append(("INFO", joblog.completed(name, job.id, seconds)))
             if o.message != "succeeded":
-                ok = self.log.warning(f"Job {job.id}: {o.message}") and ok
-            return ok
+                entries.append(("WARNING", f"Job {job.id}: {o.message}"))
+            return True
         if o.reason == models.END_SHUTDOWN:
-            return self.log.warning(joblog.interrupted(name, job.id, a, m))
+            entries.append(("WARNING", joblog.interrupted(name, job.id, a, m)))
+            return True
         error = o.error or o.reason
-        ok = self.log.write_error(joblog.failed(name, job.id, a, m, error), o.traceback)
         if o.retry_in is not None:
-            return self.log.warning(joblog.retrying(name, job.id, a, m, o.retry_in, error)) and ok
-        return self.log.error(joblog.failed(name, job.id, a, m, error)) and ok
+            entries.append(("WARNING", joblog.retrying(name, job.id, a, m, o.retry_in, error)))
+        else:
+            entries.append(("ERROR", joblog.failed(name, job.id, a, m, error)))
+        return self.log.write_error(joblog.failed(name, job.id, a, m, error), o.traceback)
 
     # -- housekeeping ------------------------------------------------------------------------
 
