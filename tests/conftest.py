@@ -128,6 +128,34 @@ def reset_postgres(uri: str) -> None:
         engine.dispose()
 
 
+def _processes_under(folder: Path) -> list[tuple[int, str]]:
+    """Live processes whose environment points into `folder` (runners and jobs we started)."""
+    found = []
+    needle = str(folder).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if b"JOBAPP_INSTANCE=" + needle in environ and pid_alive(int(entry.name)):
+            found.append((int(entry.name), cmdline.strip()))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole session, no runner or job process started by a test may survive."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    leftovers = _processes_under(base)
+    for pid, _ in leftovers:
+        kill_tree(pid)
+    assert not leftovers, f"processes left behind by tests: {leftovers}"
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest) -> str:
     """Each integration test runs on SQLite and on PostgreSQL."""
