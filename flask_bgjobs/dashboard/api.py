@@ -1,0 +1,107 @@
+"""The JSON API (SPEC §8, shapes of §9) that the pages' scripts poll, and its actions.
+
+``GET /api/jobs`` → ``{"jobs": [...], "total": N, "page": P, "per_page": K}``;
+``GET /api/jobs/<id>`` → the job with its ``events``; ``GET /api/stats`` →
+``{"counts": {...}, "throughput": [...]}``; ``GET /api/logs`` → the log viewer's entries.
+The actions answer like the pages' buttons do, but with status codes: 404 for an unknown
+job, 409 when the job's status forbids the action (or the allowlist refuses a retry). They
+need the CSRF token of a dashboard session in the ``X-BgJobs-CSRF`` header.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from werkzeug.wrappers import Response
+
+from flask_bgjobs.dashboard import inputs, logs, present
+from flask_bgjobs.dashboard.views import JOB_ID, ext, state
+from flask_bgjobs.errors import InvalidJob, InvalidTransition, JobNotAllowed, JobNotFound
+
+
+def add_routes(bp: Blueprint) -> None:
+    """Register the API on `bp` (endpoints named ``api_*``: errors there answer JSON)."""
+    bp.add_url_rule("/api/jobs", "api_jobs", jobs)
+    bp.add_url_rule(f"/api/jobs/<{JOB_ID}:job_id>", "api_job", job)
+    bp.add_url_rule("/api/stats", "api_stats", stats)
+    bp.add_url_rule("/api/logs", "api_logs", log_tail)
+    bp.add_url_rule(f"/api/jobs/<{JOB_ID}:job_id>/retry", "api_retry", retry, methods=["POST"])
+    bp.add_url_rule(f"/api/jobs/<{JOB_ID}:job_id>/cancel", "api_cancel", cancel, methods=["POST"])
+    bp.add_url_rule("/api/jobs/retry-failed", "api_retry_failed", retry_failed, methods=["POST"])
+
+
+def jobs() -> Response:
+    """One page of jobs, newest first; a page past the end gives the last page."""
+    args = request.args
+    status = inputs.status(args)
+    q = inputs.query(args)
+    size = inputs.per_page(args)
+    page = inputs.page(args)
+    bgjobs = ext()
+    found, total = bgjobs.list_jobs(status=status, q=q, page=page, per_page=size)
+    last = inputs.last_page(total, size)
+    if page > last:
+        page = last
+        found, total = bgjobs.list_jobs(status=status, q=q, page=page, per_page=size)
+    return jsonify(
+        {"jobs": [j.to_dict() for j in found], "total": total, "page": page, "per_page": size}
+    )
+
+
+def job(job_id: int) -> Response:
+    """One job with its events; 404 JSON for an unknown id."""
+    try:
+        return jsonify(ext().get_job(job_id).to_dict())
+    except JobNotFound:
+        return _error(404, f"No job with id {job_id}.")
+
+
+def stats() -> Response:
+    """Counts per status and the last hour's throughput, as the extension gives them."""
+    return jsonify(ext().stats())
+
+
+def log_tail() -> Response:
+    """The log viewer's entries as JSON (text only: the page inserts it as text)."""
+    args = request.args
+    key = inputs.log_key(args)
+    view = logs.read(
+        state().settings,
+        key,
+        level=inputs.level(args),
+        q=inputs.query(args),
+        limit=inputs.log_lines(args),
+    )
+    return jsonify(view.to_dict())
+
+
+def retry(job_id: int) -> Response:
+    """Retry a failed or cancelled job: the job, or 404 / 409 with the reason."""
+    try:
+        return jsonify(ext().retry(job_id).to_dict())
+    except JobNotFound:
+        return _error(404, f"No job with id {job_id}.")
+    except InvalidTransition as exc:
+        return _error(409, str(exc))
+    except (JobNotAllowed, InvalidJob) as exc:
+        return _error(409, f"{type(exc).__name__}: {exc}")
+
+
+def cancel(job_id: int) -> Response:
+    """Cancel a pending, retrying or running job: the job, or 404 / 409 with the reason."""
+    try:
+        return jsonify(ext().cancel(job_id).to_dict())
+    except JobNotFound:
+        return _error(404, f"No job with id {job_id}.")
+    except InvalidTransition as exc:
+        return _error(409, str(exc))
+
+
+def retry_failed() -> Response:
+    """Retry every failed job still allowed: ``{"retried": n}``."""
+    return jsonify({"retried": ext().retry_all_failed()})
+
+
+def _error(code: int, message: str, **extra: Any) -> Response:
+    return present.error_response(code, message, **extra)

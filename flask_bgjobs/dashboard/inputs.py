@@ -1,0 +1,96 @@
+"""Query-string parsing shared by the pages and the API: one rule per parameter, with errors
+that say what is allowed (400) and defaults that never fail (a bad page number is page 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from werkzeug.exceptions import BadRequest, NotFound
+
+from flask_bgjobs import models
+
+PER_PAGE = 50
+MAX_PER_PAGE = 200
+MAX_QUERY = 200
+#: Levels a log line may have (SPEC §6 writes INFO, WARNING and ERROR).
+LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LINES = 300
+MAX_LOG_LINES = 5000
+
+
+class InvalidStatus(BadRequest):
+    """Raised for a ``status`` filter that is not one of `models.STATUSES`."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(
+            f"Unknown status {status[:40]!r}; use one of: {', '.join(models.STATUSES)} "
+            "(or leave it empty for all)."
+        )
+        self.allowed = models.STATUSES
+
+
+def status(args: Mapping[str, str]) -> str | None:
+    """The ``status`` filter, ``None`` for all; `InvalidStatus` (400) for anything else."""
+    value = args.get("status", "").strip()
+    if not value or value == "all":
+        return None
+    if value not in models.STATUSES:
+        raise InvalidStatus(value)
+    return value
+
+
+def query(args: Mapping[str, str]) -> str | None:
+    """The search text (class, method or id), trimmed; ``None`` when empty."""
+    value = args.get("q", "").strip()[:MAX_QUERY]
+    return value or None
+
+
+def positive_int(args: Mapping[str, str], name: str, default: int, upper: int) -> int:
+    """An integer parameter clamped to 1..`upper`; `default` when missing or not a number."""
+    raw = args.get(name, "").strip()
+    if not (raw.isascii() and raw.isdigit()):
+        return default
+    # A huge number is simply "the most": no int() of a 100 000-digit string.
+    value = int(raw) if len(raw) <= 12 else upper
+    return min(max(1, value), upper)
+
+
+def page(args: Mapping[str, str]) -> int:
+    """The requested page (1-based); the caller clamps it to the last page."""
+    return positive_int(args, "page", 1, 10**9)
+
+
+def per_page(args: Mapping[str, str]) -> int:
+    """Rows per page, 1..`MAX_PER_PAGE` (default `PER_PAGE`)."""
+    return positive_int(args, "per_page", PER_PAGE, MAX_PER_PAGE)
+
+
+def last_page(total: int, size: int) -> int:
+    """The number of the last page (1 when there are no rows)."""
+    return max(1, -(-total // size))
+
+
+def log_key(args: Mapping[str, str]) -> str:
+    """``main`` or ``errors``; anything else is a 404 (SPEC §9), never a path."""
+    value = args.get("log", "main")
+    if value not in ("main", "errors"):
+        raise NotFound("Unknown log: choose 'main' or 'errors'.")
+    return value
+
+
+def level(args: Mapping[str, str]) -> str | None:
+    """The ``level`` filter (case-insensitive), ``None`` for all; 400 for an unknown one."""
+    value = args.get("level", "").strip().upper()
+    if not value or value == "ALL":
+        return None
+    if value not in LEVELS:
+        raise BadRequest(
+            f"Unknown level {value[:20]!r}; use one of: {', '.join(LEVELS)} "
+            "(or leave it empty for all)."
+        )
+    return value
+
+
+def log_lines(args: Mapping[str, str]) -> int:
+    """How many log entries to show, 1..`MAX_LOG_LINES`."""
+    return positive_int(args, "lines", LOG_LINES, MAX_LOG_LINES)
