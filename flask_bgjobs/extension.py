@@ -271,6 +271,10 @@ class BackgroundJobs:
             raise InvalidJob("--older-than must be a number of days >= 0")
         return self.state().store.prune(time.time() - older_than_days * 86400)
 
+    def counts(self) -> dict[str, int]:
+        """Number of jobs in each status (every status present)."""
+        return self.state().store.counts()
+
     def stats(self, *, window: float = 3600.0, bucket: float = 60.0) -> dict[str, Any]:
         """Counts per status and finished attempts per minute over the last hour."""
         store = self.state().store

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import time
 from collections.abc import Sequence
 
@@ -246,7 +247,20 @@ def tail(path: str, max_lines: int = 500, max_bytes: int = 1_048_576) -> list[st
     if max_lines <= 0 or max_bytes <= 0:
         return []
     try:
-        with open(path, "rb") as handle:
+        # Never follow a symlink planted where a log should be, never block on a FIFO.
+        fd = os.open(
+            path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PermissionError(f"{path} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        with os.fdopen(fd, "rb") as handle:
             size = handle.seek(0, os.SEEK_END)
             start = max(0, size - max_bytes)
             cut = False

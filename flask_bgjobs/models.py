@@ -53,6 +53,16 @@ END_REASONS: tuple[str, ...] = (
     END_REJECTED,
 )
 
+#: Reasons that count as a failed attempt (not cancels or shutdowns, which operators chose).
+ATTEMPT_FAILURES: tuple[str, ...] = (
+    END_EXCEPTION,
+    END_EXIT,
+    END_SIGNAL,
+    END_TIMEOUT,
+    END_LEASE_EXPIRED,
+    END_REJECTED,
+)
+
 metadata = sa.MetaData()
 
 # BIGINT on PostgreSQL, but INTEGER on SQLite, where only INTEGER PRIMARY KEY is the rowid.

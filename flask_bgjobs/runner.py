@@ -320,10 +320,13 @@ class Runner:
             ready.append(job)
         if entries and not self.log.write(entries):
             self._log_failed.update(j.id for j in ready)
-        for job in ready:
-            self._start(job)
+        started = [(job.id, job.attempts, self._start(job)) for job in ready]
+        try:  # so operators see which process runs a job; best effort
+            self.store.set_pids(self.owner, started)
+        except Exception as exc:  # noqa: BLE001
+            self._db_error("set_pids", exc)
 
-    def _start(self, job: Job) -> None:
+    def _start(self, job: Job) -> int:
         read_fd, write_fd = os.pipe()
         parent = os.getpid()
         pid = os.fork()
@@ -350,6 +353,7 @@ class Runner:
         self._attempts[pid] = att
         self._fd_attempt[read_fd] = att
         self._sel.register(read_fd, selectors.EVENT_READ, att)
+        return pid
 
     def _after_fork_in_child(self) -> None:
         # The child must never use the runner's sockets, lock or database connections.

@@ -115,6 +115,9 @@ _FINISH_RETRYING = _FINISH.format(
 _FINISH_FAILED = _FINISH.format(
     changes="status = 'failed', finished_at = :now, error = :error, traceback = :traceback"
 )
+_SET_PID = """
+UPDATE bgjobs_jobs SET pid = :pid
+WHERE id = :id AND status = 'running' AND attempts = :attempt AND lease_owner = :owner"""
 _PARAMS = {
     sql: frozenset(re.findall(r":(\w+)", sql))
     for sql in (_FINISH_SUCCEEDED, _FINISH_SHUTDOWN, _FINISH_RETRYING, _FINISH_FAILED)
@@ -435,6 +438,15 @@ class Store:
         claimed.sort(key=lambda j: (-j.priority, j.run_at, j.id))
         return claimed
 
+    def set_pids(self, owner: str, started: Sequence[tuple[int, int, int]]) -> None:
+        """Record the process id of each ``(job_id, attempt, pid)`` just started, fenced."""
+        if started:
+            with self._hot_write() as run:
+                run(
+                    _SET_PID,
+                    [{"id": i, "attempt": a, "pid": p, "owner": owner} for i, a, p in started],
+                )
+
     def renew(self, owner: str, lease_seconds: float, now: float | None = None) -> set[int]:
         """Extend every lease `owner` holds; return the ids it still owns."""
         now = time.time() if now is None else now
@@ -722,7 +734,11 @@ class Store:
         where: list[sa.ColumnElement[bool]] = []
         if status:
             where.append(jobs.c.status == status)
-        if q:
+        if q and "::" in q:  # the display form, "pkg.mod.Class::method"
+            cls, _, method = q.partition("::")
+            where.append(jobs.c.class_name.like(f"%{_like_escape(cls)}", escape="\\"))
+            where.append(jobs.c.method_name.like(f"{_like_escape(method)}%", escape="\\"))
+        elif q:
             pattern = f"%{_like_escape(q)}%"
             match: list[sa.ColumnElement[bool]] = [
                 jobs.c.class_name.like(pattern, escape="\\"),
@@ -751,21 +767,28 @@ class Store:
         return counts
 
     def throughput(self, since: float, bucket: float = 60.0) -> list[dict[str, Any]]:
-        """Finished attempts per time bucket since `since`: ``[{at, succeeded, failed}]``."""
-        failed_kinds = [k for k in models.END_REASONS if k != models.END_SUCCEEDED]
+        """Finished attempts per time bucket since `since`: ``[{at, succeeded, failed}]``.
+
+        "failed" counts attempts that failed (exception, exit, signal, timeout, lost lease,
+        refused); a cancel or a shutdown is an operator's decision, not a failure. Counted per
+        bucket in SQL, so a busy hour costs one small result.
+        """
+        index = sa.cast(sa.func.floor((events.c.at - since) / bucket), sa.Integer).label("i")
         with self._read() as conn:
             rows = conn.execute(
-                sa.select(events.c.at, events.c.kind).where(
+                sa.select(index, events.c.kind, sa.func.count())
+                .where(
                     events.c.at >= since,
-                    events.c.kind.in_([models.END_SUCCEEDED, *failed_kinds]),
+                    events.c.kind.in_((*models.ATTEMPT_FAILURES, models.END_SUCCEEDED)),
                 )
+                .group_by(index, events.c.kind)
             ).all()
         now = time.time()
         n = max(1, int((now - since) // bucket) + 1)
         succeeded, failed = [0] * n, [0] * n
-        for at, kind in rows:
-            i = min(n - 1, int((at - since) // bucket))
-            (succeeded if kind == models.END_SUCCEEDED else failed)[i] += 1
+        for i, kind, count in rows:
+            i = min(n - 1, max(0, int(i)))
+            (succeeded if kind == models.END_SUCCEEDED else failed)[i] += int(count)
         return [
             {"at": models.iso(since + i * bucket), "succeeded": succeeded[i], "failed": failed[i]}
             for i in range(n)

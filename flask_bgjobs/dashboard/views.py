@@ -81,7 +81,7 @@ def job_list() -> str:
     if page > last:  # past the end: show the last page rather than an empty one
         page = last
         jobs, total = bgjobs.list_jobs(status=status, q=q, page=page, per_page=size)
-    counts = bgjobs.stats(window=60)["counts"]
+    counts = bgjobs.counts()
     return render_template(
         "bgjobs/jobs.html",
         jobs=[present.job_view(j) for j in jobs],
@@ -170,7 +170,7 @@ def cancel(job_id: int) -> Response:
 def retry_failed() -> Response:
     """Retry every failed job that is still allowed; say how many (and how many stayed)."""
     bgjobs = ext()
-    before = bgjobs.stats(window=60)["counts"][models.FAILED]
+    before = bgjobs.counts()[models.FAILED]
     count = bgjobs.retry_all_failed()
     if before == 0 and count == 0:
         flash("No failed jobs to retry.", "ok")

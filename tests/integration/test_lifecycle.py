@@ -127,6 +127,8 @@ def test_cancelling_a_running_job_kills_its_process_group(env: Env, bgjobs: Any)
     env.start_worker("--concurrency", "1")
     wait_for(lambda: env.marks_of("cancel"), what="the job to start")
     job_pid = int(env.marks_of("cancel")[0].split()[1])
+    # The record names the process running the job, for operators.
+    wait_for(lambda: bgjobs.get_job(job.id, with_events=False).pid == job_pid, what="its pid")
     bgjobs.cancel(job.id)
     wait_for(lambda: not pid_alive(job_pid), what="the cancelled job's process to die")
     assert status_of(bgjobs, job.id) == "cancelled"
