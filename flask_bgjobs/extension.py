@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, current_app, has_app_context
+from sqlalchemy import event as sa_event
+from sqlalchemy import exc as sa_exc
 
 from flask_bgjobs import config, joblog, launcher, models, retry, runner, security
 from flask_bgjobs.errors import BgJobsError, DatabaseBusy, InvalidJob
@@ -53,17 +55,44 @@ class State:
         runner.log_reclaimed(self.joblog, reclaimed)
         return reclaimed
 
-    def dispose_app_engines(self, app: Flask) -> None:
-        """In a forked child: drop the app's Flask-SQLAlchemy pools without closing them."""
+    def guard_app_engines(self, app: Flask) -> None:
+        """In the runner, before forking: keep jobs off the runner's pooled connections.
+
+        Each of the app's Flask-SQLAlchemy engines gets SQLAlchemy's documented pid guard:
+        a connection made in another process is discarded at checkout. A forked child that
+        uses the app's database so opens its own, and a child that doesn't pays nothing
+        (disposing the pools in every child cost ~1.7 ms per attempt).
+        """
         ext = app.extensions.get("sqlalchemy")
         if ext is None:
             return
         try:
             with app.app_context():
-                for engine in ext.engines.values():
-                    engine.dispose(close=False)
-        except Exception:  # noqa: BLE001 - an unconfigured db has no pools to drop
-            pass
+                engines = list(ext.engines.values())
+        except Exception:  # noqa: BLE001 - an unconfigured db has no pools to guard
+            return
+        for engine in engines:
+            guard_engine(engine)
+
+
+def guard_engine(engine: Any) -> None:
+    """Make `engine` discard, at checkout, pooled connections another process opened."""
+    if getattr(engine, "_bgjobs_guarded", False):
+        return
+
+    @sa_event.listens_for(engine, "connect")
+    def _connect(_dbapi: Any, record: Any) -> None:
+        record.info["bgjobs_pid"] = os.getpid()
+
+    @sa_event.listens_for(engine, "checkout")
+    def _checkout(_dbapi: Any, record: Any, proxy: Any) -> None:
+        if record.info.get("bgjobs_pid") != os.getpid():
+            # Never close it here: it belongs to the parent, which may still be using it.
+            record.dbapi_connection = proxy.dbapi_connection = None
+            raise sa_exc.DisconnectionError("connection opened by another process")
+
+    engine.dispose()  # connections made before the guard have no pid: drop them now
+    engine._bgjobs_guarded = True
 
 
 class BackgroundJobs:

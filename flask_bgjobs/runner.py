@@ -161,6 +161,7 @@ class Runner:
         if self.autostarted and self._lock_fd is None:
             # Another auto-started runner won the race; it will serve.
             self._stop_requests = 2
+        self.state.guard_app_engines(self.app)
         # Everything loaded so far lives as long as the runner: keep the collector (here and
         # in every child) off those pages.
         gc.collect()
@@ -373,8 +374,7 @@ class Runner:
                 os.close(self._pg.fileno())
             except Exception:  # noqa: BLE001
                 pass
-        self.store.dispose_after_fork()
-        self.state.dispose_app_engines(self.app)
+        # Nothing to do for database pools: `_setup` guarded them (see guard_app_engines).
 
     def _reject(self, job: Job, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"

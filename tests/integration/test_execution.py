@@ -194,3 +194,27 @@ def test_concurrency_limits_jobs_running_at_once(env: Env, bgjobs: Any) -> None:
         lambda: all(bgjobs.get_job(j.id).status == "succeeded" for j in jobs),
         what="all jobs to finish",
     )
+
+
+def test_jobs_use_the_apps_own_database_from_their_own_connections(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's pooled connections never cross into a job (SQLAlchemy's pid guard)."""
+    monkeypatch.setenv("BGJOBS_APP", "jobapp.dbapp:create_app()")
+    monkeypatch.setenv("BGJOBS_ALLOWED_JOBS", "jobapp.dbapp.Notes:add")
+    from jobapp import dbapp
+
+    app = dbapp.create_app()
+    with app.app_context():
+        ids = [run_background_job("jobapp.dbapp.Notes", "add", [f"note {i}"]).id for i in range(6)]
+        dbapp.db.session.query(dbapp.Note).count()  # the web process holds a pooled connection
+    result = env.flask("--app", "jobapp.dbapp:create_app()", "bgjobs", "worker", "--burst")
+    assert result.returncode == 0, result.stderr
+    with app.app_context():
+        ext = app.extensions["bgjobs"].ext
+        assert all(ext.get_job(i).status == "succeeded" for i in ids)
+        notes = dbapp.db.session.query(dbapp.Note).all()
+        assert sorted(n.text for n in notes) == [f"note {i}" for i in range(6)]
+        assert len({n.pid for n in notes}) == 6  # one process per attempt
+        dbapp.db.session.remove()
+        dbapp.db.engine.dispose()
