@@ -119,10 +119,20 @@ def _load_prctl() -> Callable[..., int] | None:
 _prctl = _load_prctl()
 
 
+# Delivered to the attempt's process when its runner dies. Not SIGKILL: its handler takes the
+# attempt's whole process group down, so nothing the job started runs on while it is rerun.
+_DEATH_SIGNAL = getattr(signal, "SIGRTMIN", signal.SIGTERM) + 1
+
+
+def _kill_own_group(_signum: int, _frame: object) -> None:
+    os.killpg(0, signal.SIGKILL)
+
+
 def _set_parent_death_signal() -> None:
     """Linux: die with the runner, so an orphan never finishes a job whose lease is lost."""
     if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        signal.signal(_DEATH_SIGNAL, _kill_own_group)
+        _prctl(_PR_SET_PDEATHSIG, _DEATH_SIGNAL, 0, 0, 0)
 
 
 def child_main(

@@ -49,10 +49,12 @@ class State:
             job, retry_delay=self.settings.retry_delay, kind=self.settings.retry_backoff
         )
 
-    def reclaim_expired(self) -> list[Reclaimed]:
+    def reclaim_expired(self, *, except_owner: str | None = None) -> list[Reclaimed]:
         """Take back running jobs whose lease expired (as failed attempts) and log them."""
-        reclaimed = self.store.reclaim_expired(self.retry_in)
-        runner.log_reclaimed(self.joblog, reclaimed)
+        reclaimed = self.store.reclaim_expired(self.retry_in, except_owner=except_owner)
+        unlogged = runner.log_reclaimed(self.joblog, reclaimed)
+        if unlogged:
+            self.store.mark_log_incomplete(unlogged)
         return reclaimed
 
     def guard_app_engines(self, app: Flask) -> None:

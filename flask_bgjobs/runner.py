@@ -120,6 +120,7 @@ class Runner:
         self._wake_path: str | None = None
         self._sig_r = self._sig_w = -1
         self._pg: Any = None
+        self._pg_fd = -1
         self._next_pg_connect = now
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -213,7 +214,15 @@ class Runner:
                 )
             if not self._attempts:
                 self._save_unsaved()
-                return False
+                # Outcomes not yet written (database down) are worth the rest of the grace.
+                if not self._unsaved or self._stop_requests > 1 or now >= self._stop_deadline:
+                    for outcome, _ in self._unsaved:
+                        self.log.write_error(
+                            f"Runner {security.printable(self.runner_id)}: exiting without "
+                            f"recording job {outcome.job_id} attempt {outcome.attempt} "
+                            f"({outcome.reason}); it is taken back when its lease expires."
+                        )
+                    return False
             if self._stop_requests > 1 or now >= self._stop_deadline:
                 for att in self._attempts.values():
                     if att.killed is None:
@@ -370,10 +379,8 @@ class Runner:
             with contextlib.suppress(OSError):
                 os.close(self._wake_sock.fileno())
         if self._pg is not None:
-            try:
-                os.close(self._pg.fileno())
-            except Exception:  # noqa: BLE001
-                pass
+            with contextlib.suppress(OSError):
+                os.close(self._pg_fd)
         # Nothing to do for database pools: `_setup` guarded them (see guard_app_engines).
 
     def _reject(self, job: Job, exc: BaseException) -> None:
@@ -382,7 +389,8 @@ class Runner:
             job.id, job.attempts, models.END_REJECTED, message=error, error=error, retry_in=None
         )
         self._unsaved.append((outcome, None))
-        self.log.write_error(joblog.rejected(job.name, error))
+        if not self.log.write_error(joblog.rejected(job.name, error)):
+            self._log_failed.add(job.id)
 
     # -- children ----------------------------------------------------------------------------
 
@@ -578,6 +586,7 @@ class Runner:
             try:
                 self.store.mark_log_incomplete(failed)
             except Exception as exc:  # noqa: BLE001
+                self._log_failed.update(failed)  # keep them for the next try
                 self._db_error("mark_log_incomplete", exc)
 
     def _log_outcome(
@@ -640,7 +649,7 @@ class Runner:
 
     def _sweep(self) -> None:
         try:
-            reclaimed = self.state.reclaim_expired()
+            reclaimed = self.state.reclaim_expired(except_owner=self.owner)
         except Exception as exc:  # noqa: BLE001
             self._db_error("sweep", exc)
             return
@@ -697,9 +706,16 @@ class Runner:
 
             url = sa.engine.make_url(self.store.uri).set(drivername="postgresql")
             conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
-            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            self._pg = conn
-            self._sel.register(conn.fileno(), selectors.EVENT_READ, "pg")
+            try:
+                conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                fd = conn.fileno()
+                self._sel.register(fd, selectors.EVENT_READ, "pg")
+            except BaseException:
+                conn.close()
+                raise
+            # Remember the number: once libpq closed a dead socket, fileno() raises, and a
+            # stale registration would collide with the next pipe that reuses the number.
+            self._pg, self._pg_fd = conn, fd
             self._want_claim = True  # notifications may have been missed while disconnected
         except Exception as exc:  # noqa: BLE001
             self._next_pg_connect = time.monotonic() + 5
@@ -724,10 +740,8 @@ class Runner:
     def _close_pg(self) -> None:
         if self._pg is None:
             return
-        try:
-            self._sel.unregister(self._pg.fileno())
-        except Exception:  # noqa: BLE001
-            pass
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(self._pg_fd)
         try:
             self._pg.close()
         except Exception:  # noqa: BLE001
@@ -766,18 +780,24 @@ def _signame(sig: int) -> str:
         return f"signal {sig}"
 
 
-def log_reclaimed(log: joblog.JobLog, reclaimed: list[Reclaimed]) -> None:
-    """Write the log lines for jobs taken back after their lease expired."""
+def log_reclaimed(log: joblog.JobLog, reclaimed: list[Reclaimed]) -> list[int]:
+    """Write the log lines for jobs taken back after their lease expired.
+
+    Returns the ids of the jobs whose lines could not all be written.
+    """
+    unlogged = []
     for r in reclaimed:
         job = r.job
+        a, m = job.attempts, job.max_attempts
         error = f"LeaseExpired: lease of {job.runner_id} expired (runner lost)"
-        log.write_error(joblog.failed(job.name, job.id, job.attempts, job.max_attempts, error))
+        ok = log.write_error(joblog.failed(job.name, job.id, a, m, error))
         if r.retry_in is None:
-            log.error(joblog.failed(job.name, job.id, job.attempts, job.max_attempts, error))
+            ok = log.error(joblog.failed(job.name, job.id, a, m, error)) and ok
         else:
-            log.warning(
-                joblog.retrying(job.name, job.id, job.attempts, job.max_attempts, r.retry_in, error)
-            )
+            ok = log.warning(joblog.retrying(job.name, job.id, a, m, r.retry_in, error)) and ok
+        if not ok:
+            unlogged.append(job.id)
+    return unlogged
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -546,16 +546,20 @@ class Store:
         self,
         retry_in: Callable[[Job], float | None],
         now: float | None = None,
+        *,
+        except_owner: str | None = None,
     ) -> list[Reclaimed]:
         """Take back running jobs whose lease expired, each as a failed attempt.
 
         `retry_in(job)` gives the wait before the retry, or ``None`` when no attempt is left.
+        A live runner passes itself as `except_owner`: its own attempts are still running
+        (its renewals only failed, e.g. while the database was locked), so they are not lost.
         """
         now = time.time() if now is None else now
-        select = self._for_update(
-            sa.select(jobs).where(jobs.c.status == models.RUNNING, jobs.c.lease_expires_at < now),
-            skip_locked=True,
-        )
+        expired = [jobs.c.status == models.RUNNING, jobs.c.lease_expires_at < now]
+        if except_owner is not None:
+            expired.append(jobs.c.lease_owner != except_owner)
+        select = self._for_update(sa.select(jobs).where(*expired), skip_locked=True)
         reclaimed: list[Reclaimed] = []
         with self._write() as conn:
             for row in conn.execute(select).mappings().all():
