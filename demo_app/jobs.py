@@ -61,6 +61,45 @@ class Slow:
         return {"rounds": rounds, "digest": digest.hex()[:16]}
 
 
+class Mailer:
+    """Bulk and urgent mail in one queue: priority decides which due job starts first."""
+
+    def newsletter(self, batch: int, seconds: float = 1.0) -> str:
+        """Send one batch of a newsletter: bulk work that can wait (enqueued at priority 0)."""
+        time.sleep(seconds)
+        return f"newsletter batch {batch} sent"
+
+    def password_reset(self, user: str) -> str:
+        """Send a password-reset mail: someone is waiting for it (enqueued at priority 10)."""
+        return f"password reset mail sent to {user}"
+
+
+class Reminders:
+    """Something to do later: enqueued with ``delay``, it stays ``pending`` until then."""
+
+    def send(self, message: str) -> str:
+        """Deliver the reminder (here: store it as the job's result)."""
+        return f"reminder: {message}"
+
+
+class Stuck:
+    """A call that hangs: enqueued with ``timeout=3``, the runner kills it after 3 s."""
+
+    def wait(self, seconds: float = 10.0) -> str:
+        """Sleep ``seconds``; under a shorter timeout the attempt ends as ``timeout``."""
+        current_job.progress(0, f"sleeping {seconds:g} s")
+        time.sleep(seconds)
+        return f"woke up after {seconds:g} s"
+
+
+class Broken:
+    """A job with a bug: every attempt raises, so it ends ``failed`` once retries run out."""
+
+    def run(self, order: int = 42) -> None:
+        """Raise on every attempt (the traceback goes to the error log and the job page)."""
+        raise ValueError(f"order {order} has no line items (attempt {current_job.attempt})")
+
+
 def word_count(text: str, top: int = 3) -> dict[str, Any]:
     """A module function job (``demo_app.jobs::word_count``): count the words in ``text``."""
     words = [w.strip(".,;:!?\"'()").lower() for w in text.split()]

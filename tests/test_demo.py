@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,26 +14,51 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: How each sample of the demo page must end, as `scripts/demo --check` reports it.
+EXPECTED = {
+    "report": ("demo_app.jobs.Reports::process_data", "succeeded"),
+    "flaky": ("demo_app.jobs.Flaky::call", "succeeded (attempt 3/"),
+    "reminder": ("demo_app.jobs.Reminders::send", "pending"),
+    "timeout": ("demo_app.jobs.Stuck::wait", "failed (attempt 1/1, ended by timeout)"),
+    "fail": ("demo_app.jobs.Broken::run", "failed (attempt 2/2, ended by exception)"),
+    "slow": ("demo_app.jobs.Slow::crunch", "succeeded"),
+    "words": ("demo_app.jobs::word_count", "succeeded"),
+}
 
-@pytest.mark.slow
-def test_demo_command_runs_the_sample_jobs_to_success_and_stops_everything(
-    tmp_path: Path,
-) -> None:
-    files = (
-        subprocess.run(
+
+def copy_tree(dest: Path) -> None:
+    """Copy what a fresh clone has: tracked and untracked-but-not-ignored files.
+
+    Outside a git checkout (an unpacked sdist), copy everything but local state.
+    """
+    try:
+        listed = subprocess.run(
             ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
             cwd=ROOT,
             capture_output=True,
             check=True,
         )
-        .stdout.decode()
-        .split("\0")
-    )
-    copy = tmp_path / "repo"
-    for name in filter(None, files):
+    except (OSError, subprocess.CalledProcessError):
+        shutil.copytree(
+            ROOT,
+            dest,
+            ignore=shutil.ignore_patterns(
+                ".git", ".venv", "instance", "build", "dist", "*.egg-info", "__pycache__", ".env"
+            ),
+        )
+        return
+    for name in filter(None, listed.stdout.decode().split("\0")):
         if (ROOT / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, copy / name)
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+
+
+@pytest.mark.slow
+def test_demo_command_runs_every_sample_to_its_outcome_and_stops_everything(
+    tmp_path: Path,
+) -> None:
+    copy = tmp_path / "repo"
+    copy_tree(copy)
     # The same interpreter and packages as this test run, instead of a second install; the
     # stamp tells scripts/demo its packages are in (so it never re-points the editable install
     # of this venv at the copy).
@@ -52,8 +78,18 @@ def test_demo_command_runs_the_sample_jobs_to_success_and_stops_everything(
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "demo check passed" in output
-    for job in ("word_count", "Reports::process_data", "Flaky::call", "Slow::crunch"):
-        assert any(job in line and "succeeded" in line for line in output.splitlines()), job
+    summary = result.stdout.split("\nsummary:\n", 1)[-1].splitlines()
+    for key, (name, outcome) in EXPECTED.items():
+        assert any(
+            line.split()[:1] == [key] and name in line and outcome in line for line in summary
+        ), (key, output[-4000:])
+    # Five bulk jobs and the urgent one queued after them: it started ahead of them.
+    assert sum("Mailer::newsletter" in line and "succeeded" in line for line in summary) == 5
+    assert any("Mailer::password_reset" in line and "succeeded" in line for line in summary)
+    assert re.search(
+        r"priority: urgent job \d+ \(priority 10, queued last\) started (first|before)", output
+    ), output[-4000:]
+    assert "dashboard OK" in output
     leftovers = subprocess.run(
         ["pgrep", "-f", str(copy)], capture_output=True, text=True, check=False
     ).stdout.split()
