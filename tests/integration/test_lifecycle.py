@@ -175,9 +175,11 @@ def test_leases_are_renewed_while_a_long_job_runs(
 
 
 def test_two_workers_never_run_a_job_twice(env: Env, bgjobs: Any) -> None:
+    env.start_worker("--concurrency", "2")
+    env.start_worker("--concurrency", "2")
+    # Both ready before the jobs arrive, so both take part even on a slow machine.
+    wait_for(lambda: len(env.runner_sockets()) == 2, what="both workers to listen")
     ids = {run_background_job(J, "record", ["twice"]).id for _ in range(120)}
-    env.start_worker("--concurrency", "2")
-    env.start_worker("--concurrency", "2")
     wait_for(
         lambda: bgjobs.stats()["counts"]["succeeded"] == len(ids),
         timeout=60,
