@@ -26,6 +26,16 @@ PG_URI = os.environ.get(
 APP_IMPORT = "jobapp:create_app()"
 ALLOWED = "jobapp.jobs.Jobs:*,jobapp.jobs:module_function"
 
+#: SPEC §9: the keys of the job JSON (API, ``show --json``, ``list --json``), exactly;
+#: ``events`` comes on top in the single-job view.
+SPEC_JOB_KEYS = frozenset(
+    {
+        "id", "class_name", "method_name", "params", "status", "priority", "attempts",
+        "max_attempts", "run_at", "created_at", "started_at", "finished_at", "progress",
+        "progress_message", "result", "error", "runner_id", "pid",
+    }
+)  # fmt: skip
+
 T = TypeVar("T")
 
 

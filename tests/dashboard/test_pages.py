@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Env, wait_for
+from conftest import SPEC_JOB_KEYS, Env, wait_for
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -19,26 +19,7 @@ from flask_bgjobs import models, run_background_job
 from .conftest import PREFIX, J, S, Seeded
 
 #: SPEC §9: the job JSON; ``events`` only on the single-job view.
-JOB_KEYS = {
-    "id",
-    "class_name",
-    "method_name",
-    "params",
-    "status",
-    "priority",
-    "attempts",
-    "max_attempts",
-    "run_at",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "progress",
-    "progress_message",
-    "result",
-    "error",
-    "runner_id",
-    "pid",
-}
+JOB_KEYS = SPEC_JOB_KEYS
 EVENT_KEYS = {"at", "kind", "message", "attempt"}
 
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

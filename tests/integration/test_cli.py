@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import Env, pid_alive, wait_for
+from conftest import SPEC_JOB_KEYS, Env, pid_alive, wait_for
 
 from flask_bgjobs import run_background_job
 from flask_bgjobs.errors import JobNotFound
@@ -41,27 +41,7 @@ COMMANDS = (
     "init-db",
 )
 #: SPEC §9: the job JSON of `show --json` (and, without ``events``, of `list --json`).
-JOB_KEYS = {
-    "id",
-    "class_name",
-    "method_name",
-    "params",
-    "status",
-    "priority",
-    "attempts",
-    "max_attempts",
-    "run_at",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "progress",
-    "progress_message",
-    "result",
-    "error",
-    "runner_id",
-    "pid",
-    "events",
-}
+JOB_KEYS = {*SPEC_JOB_KEYS, "events"}
 EVENT_KEYS = {"at", "kind", "message", "attempt"}
 # C0, DEL and C1 controls: none may reach the terminal raw (ESC sequences in names above all).
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -18,7 +18,7 @@ from typing import Any
 import click
 import pytest
 import sqlalchemy as sa
-from conftest import Env
+from conftest import SPEC_JOB_KEYS, Env
 from flask import Flask, has_app_context
 
 from flask_bgjobs import (
@@ -33,27 +33,8 @@ from flask_bgjobs import (
 
 J = "jobapp.jobs.Jobs"
 TABLES = {"bgjobs_jobs", "bgjobs_events"}
-#: SPEC §9, in order; ``events`` only on the single-job view.
-SPEC_KEYS = (
-    "id",
-    "class_name",
-    "method_name",
-    "params",
-    "status",
-    "priority",
-    "attempts",
-    "max_attempts",
-    "run_at",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "progress",
-    "progress_message",
-    "result",
-    "error",
-    "runner_id",
-    "pid",
-)
+#: SPEC §9; ``events`` only on the single-job view.
+SPEC_KEYS = tuple(sorted(SPEC_JOB_KEYS))
 CLI_COMMANDS = {
     "worker",
     "enqueue",
