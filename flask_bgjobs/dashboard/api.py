@@ -33,19 +33,14 @@ def add_routes(bp: Blueprint) -> None:
 
 def jobs() -> Response:
     """One page of jobs, newest first; a page past the end gives the last page."""
-    args = request.args
-    status = inputs.status(args)
-    q = inputs.query(args)
-    size = inputs.per_page(args)
-    page = inputs.page(args)
-    bgjobs = ext()
-    found, total = bgjobs.list_jobs(status=status, q=q, page=page, per_page=size)
-    last = inputs.last_page(total, size)
-    if page > last:
-        page = last
-        found, total = bgjobs.list_jobs(status=status, q=q, page=page, per_page=size)
+    p = inputs.job_page(ext(), request.args)
     return jsonify(
-        {"jobs": [j.to_dict() for j in found], "total": total, "page": page, "per_page": size}
+        {
+            "jobs": [j.to_dict() for j in p.jobs],
+            "total": p.total,
+            "page": p.page,
+            "per_page": p.per_page,
+        }
     )
 
 

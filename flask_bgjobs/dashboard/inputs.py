@@ -4,10 +4,15 @@ that say what is allowed (400) and defaults that never fail (a bad page number i
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, NamedTuple
 
 from werkzeug.exceptions import BadRequest, NotFound
 
 from flask_bgjobs import models
+
+if TYPE_CHECKING:
+    from flask_bgjobs.extension import BackgroundJobs
+    from flask_bgjobs.models import Job
 
 PER_PAGE = 50
 MAX_PER_PAGE = 200
@@ -94,3 +99,26 @@ def level(args: Mapping[str, str]) -> str | None:
 def log_lines(args: Mapping[str, str]) -> int:
     """How many log entries to show, 1..`MAX_LOG_LINES`."""
     return positive_int(args, "lines", LOG_LINES, MAX_LOG_LINES)
+
+
+class JobPage(NamedTuple):
+    """One page of the job list, as the query string asked for it."""
+
+    jobs: list[Job]
+    total: int
+    status: str | None
+    q: str | None
+    page: int
+    last: int
+    per_page: int
+
+
+def job_page(bgjobs: BackgroundJobs, args: Mapping[str, str]) -> JobPage:
+    """The page of jobs `args` asks for; a page past the end gives the last page."""
+    status_, q, size, number = status(args), query(args), per_page(args), page(args)
+    jobs, total = bgjobs.list_jobs(status=status_, q=q, page=number, per_page=size)
+    last = last_page(total, size)
+    if number > last:  # past the end: the last page rather than an empty one
+        number = last
+        jobs, total = bgjobs.list_jobs(status=status_, q=q, page=number, per_page=size)
+    return JobPage(jobs, total, status_, q, number, last, size)

@@ -70,17 +70,8 @@ def overview() -> str:
 
 def job_list() -> str:
     """Jobs newest first, filtered by status and a search text, one page at a time."""
-    args = request.args
-    status = inputs.status(args)
-    q = inputs.query(args)
-    size = inputs.per_page(args)
-    page = inputs.page(args)
     bgjobs = ext()
-    jobs, total = bgjobs.list_jobs(status=status, q=q, page=page, per_page=size)
-    last = inputs.last_page(total, size)
-    if page > last:  # past the end: show the last page rather than an empty one
-        page = last
-        jobs, total = bgjobs.list_jobs(status=status, q=q, page=page, per_page=size)
+    jobs, total, status, q, page, last, size = inputs.job_page(bgjobs, request.args)
     counts = bgjobs.counts()
     return render_template(
         "bgjobs/jobs.html",
