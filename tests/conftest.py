@@ -4,6 +4,7 @@ real runner processes, and a teardown that kills every process a test started by
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +38,33 @@ SPEC_JOB_KEYS = frozenset(
 )  # fmt: skip
 
 T = TypeVar("T")
+
+
+def copy_tree(dest: Path) -> None:
+    """Copy what a fresh clone has: tracked and untracked-but-not-ignored files.
+
+    Outside a git checkout (an unpacked sdist), copy everything but local state.
+    """
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        shutil.copytree(
+            ROOT,
+            dest,
+            ignore=shutil.ignore_patterns(
+                ".git", ".venv", "instance", "build", "dist", "*.egg-info", "__pycache__", ".env"
+            ),
+        )
+        return
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
 
 
 def wait_for(

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import copy_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,33 +24,6 @@ EXPECTED = {
     "slow": ("demo_app.jobs.Slow::crunch", "succeeded"),
     "words": ("demo_app.jobs::word_count", "succeeded"),
 }
-
-
-def copy_tree(dest: Path) -> None:
-    """Copy what a fresh clone has: tracked and untracked-but-not-ignored files.
-
-    Outside a git checkout (an unpacked sdist), copy everything but local state.
-    """
-    try:
-        listed = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        shutil.copytree(
-            ROOT,
-            dest,
-            ignore=shutil.ignore_patterns(
-                ".git", ".venv", "instance", "build", "dist", "*.egg-info", "__pycache__", ".env"
-            ),
-        )
-        return
-    for name in filter(None, listed.stdout.decode().split("\0")):
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ from __future__ import annotations
 import configparser
 import importlib.metadata
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import copy_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = "flask_bgjobs/dashboard"
@@ -42,31 +42,6 @@ class Built:
     wheel: Path
     sdist: Path
     log: str
-
-
-def copy_tree(dest: Path) -> None:
-    """What a fresh clone has (tracked and untracked-but-not-ignored files), else the tree
-    without local state (outside a git checkout, e.g. an unpacked sdist)."""
-    try:
-        listed = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        shutil.copytree(
-            ROOT,
-            dest,
-            ignore=shutil.ignore_patterns(
-                ".git", ".venv", "instance", "build", "dist", "*.egg-info", "__pycache__", ".env"
-            ),
-        )
-        return
-    for name in filter(None, listed.stdout.decode().split("\0")):
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
 
 
 @pytest.fixture(scope="module")
