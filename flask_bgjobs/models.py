@@ -30,6 +30,16 @@ CANCELLED = "cancelled"
 STATUSES: tuple[str, ...] = (PENDING, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLED)
 DUE_STATUSES: tuple[str, ...] = (PENDING, RETRYING)
 FINISHED_STATUSES: tuple[str, ...] = (SUCCEEDED, FAILED, CANCELLED)
+#: What `cancel` accepts.
+CANCELLABLE_STATUSES: tuple[str, ...] = (PENDING, RETRYING, RUNNING)
+#: What `retry` accepts.
+RETRYABLE_STATUSES: tuple[str, ...] = (FAILED, CANCELLED)
+
+# Why a runner is woken (a datagram on this host, a NOTIFY payload on PostgreSQL): a job was
+# enqueued (claim now), or one was cancelled (check leases now: kill the attempt if it runs).
+# Any other payload counts as an enqueue.
+WAKE_ENQUEUED = "e"
+WAKE_CANCELLED = "c"
 
 # Why an attempt ended; stored as the event kind and the job's ``end_reason``.
 END_SUCCEEDED = "succeeded"

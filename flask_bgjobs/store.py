@@ -1,20 +1,34 @@
 """The job store: the only module that speaks SQL.
 
-One method per state transition. Every write that ends an attempt is *fenced*: it applies only
-while the row is still ``running`` the same attempt under the same lease owner, so a runner
-that lost its lease (paused, partitioned, presumed dead) changes nothing.
+One method per state transition, each stating its rule once:
 
-SQLite: WAL, ``synchronous=NORMAL`` and every write transaction opened with
-``BEGIN IMMEDIATE`` — a plain ``BEGIN`` that reads then writes fails at once with "database is
-locked" whatever the busy timeout, while ``IMMEDIATE`` queues on the busy handler.
-PostgreSQL: the claim is one ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)``, and
-every enqueue sends ``NOTIFY bgjobs`` so idle runners on other hosts wake at once.
+- **Fence.** Every write that ends or touches an attempt applies only while the row is still
+  ``running`` that attempt under that lease owner (`_FENCE`), so a runner that lost its lease
+  (paused, partitioned, presumed dead) changes nothing.
+- **Claim.** Due jobs by priority, then ``run_at``, then id, read from the head of the partial
+  index ``ix_bgjobs_jobs_due``; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, the write lock of a
+  ``BEGIN IMMEDIATE`` transaction on SQLite.
+- **Storable text.** Text that comes from a job (errors, tracebacks, progress) goes through
+  `storable` first, so both backends store the same characters and no job can make a write fail.
+
+Two backends and nothing else (`backend_of` refuses the rest). SQLite: WAL,
+``synchronous=NORMAL``, foreign keys on, every write opened with ``BEGIN IMMEDIATE`` — a plain
+``BEGIN`` that reads then writes fails at once with "database is locked" whatever the busy
+timeout, while ``IMMEDIATE`` queues on the busy handler. PostgreSQL: every enqueue and cancel
+sends ``NOTIFY bgjobs`` so idle runners on other hosts wake at once (`listen`).
+
+The runner's per-job statements (enqueue, claim, finish, progress, leases) are written once as
+plain SQL with named parameters and run on a raw DBAPI connection (`_hot_write`): SQLAlchemy's
+per-statement machinery costs more than the work itself there. Everything else uses SQLAlchemy
+Core.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import select
 import sqlite3
 import threading
 import time
@@ -29,15 +43,58 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from flask_bgjobs import models
-from flask_bgjobs.errors import DatabaseBusy, InvalidTransition, JobNotFound
+from flask_bgjobs.errors import ConfigError, DatabaseBusy, InvalidTransition, JobNotFound
 from flask_bgjobs.models import Event, Job, events, jobs
 
 #: PostgreSQL LISTEN/NOTIFY channel that wakes runners when a job is enqueued or cancelled.
 NOTIFY_CHANNEL = "bgjobs"
 #: How long a write waits for SQLite's lock before `DatabaseBusy` (seconds).
 SQLITE_BUSY_TIMEOUT = 5.0
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
 # An arbitrary constant: serialises CREATE TABLE across processes on PostgreSQL.
 _DDL_LOCK_KEY = 0x62676A6F6273
+
+
+def backend_of(uri: str) -> tuple[str, str]:
+    """Return ``(backend, uri)`` for a database URL the store supports; `ConfigError` otherwise.
+
+    SQLite through the standard library, PostgreSQL through psycopg 3: a ``postgresql://`` or
+    ``postgresql+psycopg2://`` URL is used with psycopg 3, which ``LISTEN`` needs. Anything
+    else (MySQL, an async driver …) is refused instead of half working.
+    """
+    try:
+        url = sa.engine.make_url(uri)
+    except (sa.exc.ArgumentError, ValueError):
+        raise ConfigError("BGJOBS_DATABASE_URI", "not a database URL") from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend == SQLITE and driver in ("", "pysqlite"):
+        return SQLITE, uri
+    if backend in (POSTGRESQL, "postgres") and driver in ("", "psycopg", "psycopg2"):
+        url = url.set(drivername="postgresql+psycopg")
+        return POSTGRESQL, url.render_as_string(hide_password=False)
+    raise ConfigError(
+        "BGJOBS_DATABASE_URI",
+        f"{url.drivername!r} is not supported: use SQLite ('sqlite:///path/to/jobs.db') or "
+        "PostgreSQL with psycopg 3 ('postgresql+psycopg://user:password@host/dbname')",
+    )
+
+
+# Characters neither backend can hold as text: NUL (PostgreSQL) and lone surrogates (UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str | None, limit: int | None = None) -> str | None:
+    """Return `text` as both backends store it: NUL and lone surrogates become U+FFFD.
+
+    With `limit`, text longer than that many characters keeps its tail (the useful part of a
+    traceback or an error) behind a note saying how much was cut.
+    """
+    if text is None:
+        return None
+    if limit is not None and len(text) > limit:
+        text = f"[{len(text) - limit} characters cut] {text[-limit:]}"
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 @dataclass(frozen=True)
@@ -56,7 +113,17 @@ class Outcome:
     #: Seconds until the retry; ``None`` when no attempt is left (the job fails for good).
     retry_in: float | None = None
     pid: int | None = None
-    log_incomplete: bool = False
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress report of a running attempt, as the runner passes it to `Store.progress`."""
+
+    job_id: int
+    attempt: int
+    percent: float
+    message: str
+    pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,20 +134,25 @@ class Reclaimed:
     retry_in: float | None
 
 
+# -- the hot statements ---------------------------------------------------------------------
+# Written once as SQL both backends speak, with named parameters (`_hot_write` adapts them to
+# psycopg's style). {lock} is FOR UPDATE SKIP LOCKED on PostgreSQL and empty on SQLite, whose
+# IMMEDIATE transaction already holds the write lock.
+
 _ENQUEUE_COLUMNS = (
     "class_name", "method_name", "params", "status", "priority", "attempts", "max_attempts",
     "delay", "timeout", "run_at", "created_at", "log_incomplete",
 )  # fmt: skip
 _INSERT_JOB = (
-    f"INSERT INTO {jobs.name} ({', '.join(_ENQUEUE_COLUMNS)}) "
+    f"INSERT INTO bgjobs_jobs ({', '.join(_ENQUEUE_COLUMNS)}) "
     f"VALUES ({', '.join(':' + c for c in _ENQUEUE_COLUMNS)}) RETURNING id"
 )
-
-
-# The runner's per-job statements, written once as SQL both backends speak, with named
-# parameters that sqlite3 and SQLAlchemy's text() both take. The claim's inner SELECT matches
-# the partial index ix_bgjobs_jobs_due; {lock} is FOR UPDATE SKIP LOCKED on PostgreSQL and
-# empty on SQLite, whose IMMEDIATE transaction already holds the write lock.
+_NOTIFY = f"SELECT pg_notify('{NOTIFY_CHANNEL}', :payload)"
+# PostgreSQL: insert and notify in one autocommitted statement, one round trip.
+_INSERT_JOB_NOTIFY = (
+    f"WITH j AS ({_INSERT_JOB}) SELECT j.id, pg_notify('{NOTIFY_CHANNEL}', :payload) FROM j"
+)
+# The claim's inner SELECT matches the partial index ix_bgjobs_jobs_due.
 _CLAIM = """
 UPDATE bgjobs_jobs SET status = 'running', attempts = attempts + 1, started_at = :now,
     lease_owner = :owner, lease_expires_at = :expires, runner_id = :runner_id, pid = NULL,
@@ -95,12 +167,12 @@ RETURNING *"""
 _INSERT_EVENT = """
 INSERT INTO bgjobs_events (job_id, at, kind, message, attempt)
 VALUES (:job_id, :at, :kind, :message, :attempt)"""
-# Every write that ends an attempt is fenced: it applies only while the row is still running
-# this attempt under this lease owner.
-_FINISH = """
-UPDATE bgjobs_jobs SET {changes}, end_reason = :reason, lease_owner = NULL,
-    lease_expires_at = NULL, pid = :pid
-WHERE id = :id AND status = 'running' AND attempts = :attempt AND lease_owner = :owner"""
+#: The fence: the row is still running this attempt under this lease owner.
+_FENCE = "id = :id AND status = 'running' AND attempts = :attempt AND lease_owner = :owner"
+_FINISH = (
+    "UPDATE bgjobs_jobs SET {changes}, end_reason = :reason, lease_owner = NULL, "
+    "lease_expires_at = NULL, pid = :pid WHERE " + _FENCE
+)
 _FINISH_SUCCEEDED = _FINISH.format(
     changes="status = 'succeeded', finished_at = :now, result = :result, error = NULL, "
     "traceback = NULL"
@@ -115,39 +187,265 @@ _FINISH_RETRYING = _FINISH.format(
 _FINISH_FAILED = _FINISH.format(
     changes="status = 'failed', finished_at = :now, error = :error, traceback = :traceback"
 )
-_SET_PID = """
-UPDATE bgjobs_jobs SET pid = :pid
-WHERE id = :id AND status = 'running' AND attempts = :attempt AND lease_owner = :owner"""
+_SET_PID = "UPDATE bgjobs_jobs SET pid = :pid WHERE " + _FENCE
+_PROGRESS = (
+    "UPDATE bgjobs_jobs SET progress = :percent, progress_message = :message, pid = :pid "
+    "WHERE " + _FENCE
+)
+_RENEW = """
+UPDATE bgjobs_jobs SET lease_expires_at = :expires
+WHERE status = 'running' AND lease_owner = :owner
+RETURNING id"""
+_OWNED = "SELECT id FROM bgjobs_jobs WHERE status = 'running' AND lease_owner = :owner"
+# Reads the partial index ix_bgjobs_jobs_lease.
+_EXPIRED = """
+SELECT * FROM bgjobs_jobs
+WHERE status = 'running' AND lease_expires_at < :now AND lease_owner <> :except_owner
+{lock}"""
+_RECLAIM = (
+    "UPDATE bgjobs_jobs SET status = :status, run_at = :run_at, finished_at = :finished_at, "
+    "end_reason = 'lease_expired', lease_owner = NULL, lease_expires_at = NULL, "
+    "error = :error, traceback = NULL WHERE " + _FENCE
+)
 _PARAMS = {
     sql: frozenset(re.findall(r":(\w+)", sql))
     for sql in (_FINISH_SUCCEEDED, _FINISH_SHUTDOWN, _FINISH_RETRYING, _FINISH_FAILED)
 }
+# sqlite3 takes :name as it is; psycopg wants %(name)s. Converted once per statement.
+_PG_STYLE: dict[str, str] = {}
 
 
-def _is_locked(exc: DBAPIError) -> bool:
-    orig = exc.orig
-    return isinstance(orig, sqlite3.OperationalError) and (
+def _pg_style(sql: str) -> str:
+    converted = _PG_STYLE.get(sql)
+    if converted is None:
+        converted = re.sub(
+            r"(?<!:):(\w+)", r"%(\1)s", sql.replace("{lock}", "FOR UPDATE SKIP LOCKED")
+        )
+        _PG_STYLE[sql] = converted
+    return converted
+
+
+#: Longest error line stored per attempt (characters).
+MAX_ERROR = 4000
+#: Longest traceback stored per attempt (characters); the tail is the useful part.
+MAX_TRACEBACK = 64 * 1024
+#: Longest progress message (characters).
+MAX_PROGRESS_MESSAGE = 1000
+#: Longest event message (characters).
+MAX_MESSAGE = 4000
+
+
+def _busy(exc: BaseException) -> DatabaseBusy | None:
+    """The `DatabaseBusy` that an SQLite "locked" error means, or ``None`` for anything else."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, sqlite3.OperationalError) and (
         "locked" in str(orig) or "busy" in str(orig)
-    )
+    ):
+        return DatabaseBusy(
+            f"the job database stayed locked for {SQLITE_BUSY_TIMEOUT:g} s; nothing was "
+            "written, try again"
+        )
+    return None
 
 
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def _sqlite_setup(conn: sqlite3.Connection) -> None:
+    """Per-connection SQLite settings, for SQLAlchemy's connections and the raw one alike."""
+    # Transactions are ours to open (BEGIN or BEGIN IMMEDIATE), never the sqlite3 module's.
+    conn.isolation_level = None
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+
+
+Run = Callable[[str, Any], Any]
+
+
+class _RawSqlite:
+    """A raw sqlite3 connection for the hot statements."""
+
+    def __init__(self, uri: str) -> None:
+        path = sa.engine.make_url(uri).database or ""
+        self.conn = sqlite3.connect(
+            path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+        _sqlite_setup(self.conn)
+
+    def begin(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+
+    def run(self, sql: str, params: Any) -> Any:
+        sql = sql.replace("{lock}", "")
+        if isinstance(params, list):
+            return self.conn.executemany(sql, params).rowcount
+        cur = self.conn.execute(sql, params)
+        if cur.description is None:
+            return cur.rowcount
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def run_alone(self, sql: str, params: Any) -> Any:
+        # Still BEGIN IMMEDIATE: only then does SQLite queue on its busy handler.
+        self.begin()
+        result = self.run(sql, params)
+        self.commit()
+        return result
+
+    def healthy(self) -> bool:
+        return not self.conn.in_transaction
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+
+
+class _RawPostgres:
+    """A raw psycopg connection in autocommit mode: a lone statement is one round trip."""
+
+    def __init__(self, uri: str) -> None:
+        import psycopg
+
+        url = sa.engine.make_url(uri).set(drivername="postgresql")
+        self.conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        self.cur = self.conn.cursor()
+
+    def begin(self) -> None:
+        self.cur.execute("BEGIN")
+
+    def commit(self) -> None:
+        self.cur.execute("COMMIT")
+
+    def rollback(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.conn.info.transaction_status != 0:  # not IDLE
+                self.cur.execute("ROLLBACK")
+
+    def run(self, sql: str, params: Any) -> Any:
+        if isinstance(params, list):
+            self.cur.executemany(_pg_style(sql), params)
+            return self.cur.rowcount
+        self.cur.execute(_pg_style(sql), params)
+        if self.cur.description is None:
+            return self.cur.rowcount
+        names = [d.name for d in self.cur.description]
+        return [dict(zip(names, row, strict=True)) for row in self.cur.fetchall()]
+
+    run_alone = run
+
+    def healthy(self) -> bool:
+        """Open, idle, and nothing waiting on the socket.
+
+        A connection that the server closed (restart, ``pg_terminate_backend``) has its last
+        words waiting to be read: a zero-timeout poll finds it without a round trip, so a
+        dead pooled connection is never used (what SQLAlchemy's pre-ping does with a query).
+        """
+        try:
+            if self.conn.closed or self.conn.pgconn.status != 0:
+                return False
+            if self.conn.info.transaction_status != 0:
+                return False
+            readable, _, _ = select.select([self.conn.fileno()], [], [], 0)
+            return not readable
+        except Exception:  # noqa: BLE001
+            return False
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+class _RawPool:
+    """A few idle raw connections per process, checked before reuse, never across a fork."""
+
+    def __init__(self, factory: Callable[[], Any], max_idle: int = 8) -> None:
+        self._factory = factory
+        self._max_idle = max_idle
+        self._idle: list[Any] = []
+        self._pid = os.getpid()
+        self._mutex = threading.Lock()
+
+    def get(self) -> Any:
+        with self._mutex:
+            if self._pid != os.getpid():
+                # Inherited over a fork (gunicorn --preload): the parent's, never ours to use
+                # or to close.
+                self._idle, self._pid = [], os.getpid()
+            while self._idle:
+                raw = self._idle.pop()
+                if raw.healthy():
+                    return raw
+                raw.close()
+        return self._factory()
+
+    def put(self, raw: Any) -> None:
+        with self._mutex:
+            if self._pid == os.getpid() and len(self._idle) < self._max_idle and raw.healthy():
+                self._idle.append(raw)
+                return
+        raw.close()
+
+    def close(self) -> None:
+        with self._mutex:
+            idle, self._idle = self._idle, []
+            mine = self._pid == os.getpid()
+        for raw in idle if mine else ():
+            raw.close()
+
+
+class Listener:
+    """A PostgreSQL connection that ``LISTEN``s on `NOTIFY_CHANNEL`; the runner selects on it."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        # Remember the number: once libpq closed a dead socket, fileno() raises, and a stale
+        # selector registration would collide with the next pipe that reuses the number.
+        self.fd: int = conn.fileno()
+
+    def fileno(self) -> int:
+        """The socket to wait on."""
+        return self.fd
+
+    def payloads(self) -> list[str]:
+        """Notifications received since the last call; `ConnectionError` once it is lost."""
+        pgconn = self._conn.pgconn
+        pgconn.consume_input()
+        if pgconn.status != 0:  # CONNECTION_OK
+            raise ConnectionError("notification connection lost")
+        found = []
+        while (note := pgconn.notifies()) is not None:
+            found.append(note.extra.decode("utf-8", "replace"))
+        return found
+
+    def close(self) -> None:
+        """Close the connection (a lost one too)."""
+        with contextlib.suppress(Exception):
+            self._conn.close()
 
 
 class Store:
     """Jobs and their events in one SQL database (SQLite or PostgreSQL)."""
 
     def __init__(self, uri: str, *, create_tables: bool = True) -> None:
-        self.uri = uri
+        self.backend, self.uri = backend_of(uri)
         self.create_tables = create_tables
-        url = sa.engine.make_url(uri)
-        self.is_sqlite = url.get_backend_name() == "sqlite"
-        self.is_postgres = url.get_backend_name() == "postgresql"
         self._engine: Engine | None = None
         self._ready = False
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._raw = _RawPool(
+            (lambda: _RawPostgres(self.uri)) if self.is_postgres else (lambda: _RawSqlite(self.uri))
+        )
+
+    @property
+    def is_postgres(self) -> bool:
+        """True on PostgreSQL (several hosts, NOTIFY), False on SQLite."""
+        return self.backend == POSTGRESQL
 
     # -- connections -------------------------------------------------------------------------
 
@@ -161,26 +459,21 @@ class Store:
         return self._engine
 
     def _make_engine(self) -> Engine:
-        if not self.is_sqlite:
-            return sa.create_engine(self.uri, pool_pre_ping=True)
+        if self.is_postgres:
+            # hide_parameters: a database error must never copy job text into a log.
+            return sa.create_engine(self.uri, pool_pre_ping=True, hide_parameters=True)
         path = sa.engine.make_url(self.uri).database
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         engine = sa.create_engine(
             self.uri,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
+            hide_parameters=True,
         )
 
         @sa_event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            # Take transaction control away from the sqlite3 module so that `_on_begin`
-            # decides between a deferred and an IMMEDIATE transaction.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
+            _sqlite_setup(dbapi_conn)
 
         @sa_event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
@@ -189,18 +482,19 @@ class Store:
 
         return engine
 
-    def dispose_after_fork(self) -> None:
-        """Forget the parent's pooled connections in a forked child without closing them."""
-        if self._engine is not None:
-            self._engine.dispose(close=False)
-
     def close(self) -> None:
-        """Close every pooled connection (and this thread's enqueue connection)."""
-        if getattr(self._local, "pid", None) == os.getpid():
-            self._local.conn.close()
-            del self._local.pid, self._local.conn
+        """Close every pooled connection, raw ones included."""
+        self._raw.close()
         if self._engine is not None:
             self._engine.dispose()
+
+    def ping(self) -> None:
+        """Read from the database once: raises if it cannot be reached (a locked SQLite is fine)."""
+        try:
+            with self._read() as conn:
+                conn.execute(sa.select(sa.func.count()).select_from(jobs).where(jobs.c.id < 0))
+        except DatabaseBusy:
+            pass
 
     def ensure_tables(self) -> None:
         """Create missing tables and indexes (idempotent, safe across processes)."""
@@ -210,9 +504,15 @@ class Store:
             models.metadata.create_all(conn, checkfirst=True)
         self._ready = True
 
+    def _tables_exist(self) -> bool:
+        # A read, so that a new process's first look never queues on SQLite's write lock.
+        with self.engine.connect() as conn:
+            names = sa.inspect(conn).get_table_names()
+        return all(t.name in names for t in models.metadata.sorted_tables)
+
     def _prepare(self) -> None:
         if not self._ready:
-            if self.create_tables:
+            if self.create_tables and not self._tables_exist():
                 self.ensure_tables()
             self._ready = True
 
@@ -227,12 +527,7 @@ class Store:
                 with conn.begin():
                     yield conn
         except OperationalError as exc:
-            if self.is_sqlite and _is_locked(exc):
-                raise DatabaseBusy(
-                    f"the job database stayed locked for {SQLITE_BUSY_TIMEOUT:g} s; nothing was "
-                    "written, try again"
-                ) from exc
-            raise
+            raise _busy(exc) or exc from exc
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -241,7 +536,8 @@ class Store:
             with self.engine.connect() as conn, conn.begin():
                 yield conn
         except OperationalError as exc:
-            if self.is_sqlite and _is_locked(exc):
+            busy = _busy(exc)
+            if busy is not None:
                 raise DatabaseBusy("the job database is locked; try again") from exc
             raise
 
@@ -249,10 +545,10 @@ class Store:
         # SQLite has no row locks: its IMMEDIATE transaction already holds the write lock.
         return stmt.with_for_update(skip_locked=skip_locked) if self.is_postgres else stmt
 
-    def _notify(self, conn: Connection, payload: str = "") -> None:
-        # Sent at commit; the payload "c" asks runners to re-check their leases (a cancel).
+    def _notify(self, conn: Connection, payload: str = models.WAKE_ENQUEUED) -> None:
+        # Sent at commit.
         if self.is_postgres:
-            conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, payload)))
+            conn.execute(sa.text(_NOTIFY), {"payload": payload})
 
     @staticmethod
     def _event(
@@ -262,6 +558,59 @@ class Store:
             events.insert(),
             {"job_id": job_id, "at": at, "kind": kind, "message": message, "attempt": attempt},
         )
+
+    @contextmanager
+    def _hot_write(self) -> Iterator[Run]:
+        """A write transaction on a raw connection, for the per-job statements.
+
+        Yields ``run(statement, params)``: rows (dicts) for a statement with RETURNING or a
+        SELECT, else the row count (``params`` a list: executemany).
+        """
+        self._prepare()
+        raw = self._raw.get()
+        try:
+            raw.begin()
+            yield raw.run
+            raw.commit()
+        except BaseException as exc:
+            raw.rollback()
+            self._raw.put(raw)
+            busy = _busy(exc)
+            if busy is not None:
+                raise busy from exc
+            raise
+        self._raw.put(raw)
+
+    def _hot_statement(self, sql: str, params: Any) -> Any:
+        """One statement in a transaction of its own (autocommit on PostgreSQL: one round trip)."""
+        self._prepare()
+        raw = self._raw.get()
+        try:
+            result = raw.run_alone(sql, params)
+        except BaseException as exc:
+            raw.rollback()
+            self._raw.put(raw)
+            busy = _busy(exc)
+            if busy is not None:
+                raise busy from exc
+            raise
+        self._raw.put(raw)
+        return result
+
+    def listen(self) -> Listener | None:
+        """A new ``LISTEN`` connection on PostgreSQL (``None`` on SQLite, which has none)."""
+        if not self.is_postgres:
+            return None
+        import psycopg
+
+        url = sa.engine.make_url(self.uri).set(drivername="postgresql")
+        conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        try:
+            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            return Listener(conn)
+        except BaseException:
+            conn.close()
+            raise
 
     # -- enqueue -----------------------------------------------------------------------------
 
@@ -293,76 +642,14 @@ class Store:
             "created_at": now,
             "log_incomplete": False,
         }
-        # The hot path web requests wait on: see `_hot_write`.
-        with self._hot_write() as run:
-            job_id = run(_INSERT_JOB, values)[0]["id"]
-            if self.is_postgres:
-                run(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')", {})
-        return Job.from_row(
-            {c.name: None for c in jobs.c} | values | {"id": job_id, "params": params_json}
-        )
-
-    @contextmanager
-    def _hot_write(self) -> Iterator[Callable[[str, Any], Any]]:
-        """A write transaction for the runner's per-job statements, built once (see `_CLAIM`).
-
-        Yields ``run(statement, params)``: rows for a statement with RETURNING, else the
-        row count (``params`` a list: executemany). On SQLite the statements run on this
-        thread's own connection, compiled once; SQLAlchemy's per-statement machinery costs
-        more than the work itself there. On PostgreSQL they go through SQLAlchemy.
-        """
-        if not self.is_sqlite:
-            with self._write() as conn:
-
-                def run_sa(sql: str, params: Any) -> Any:
-                    stmt = sa.text(sql.replace("{lock}", "FOR UPDATE SKIP LOCKED"))
-                    result = conn.execute(stmt, params)
-                    return result.mappings().all() if result.returns_rows else result.rowcount
-
-                yield run_sa
-            return
-        self._prepare()
-        raw = self._thread_connection()
-
-        def run_raw(sql: str, params: Any) -> Any:
-            sql = sql.replace("{lock}", "")
-            if isinstance(params, list):
-                return raw.executemany(sql, params).rowcount
-            cur = raw.execute(sql, params)
-            if cur.description is None:
-                return cur.rowcount
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-        try:
-            raw.execute("BEGIN IMMEDIATE")
-            try:
-                yield run_raw
-                raw.execute("COMMIT")
-            except BaseException:
-                if raw.in_transaction:
-                    raw.execute("ROLLBACK")
-                raise
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise DatabaseBusy(
-                    f"the job database stayed locked for {SQLITE_BUSY_TIMEOUT:g} s; nothing was "
-                    "written, try again"
-                ) from exc
-            raise
-
-    def _thread_connection(self) -> sqlite3.Connection:
-        local = self._local
-        # A connection never crosses a fork (gunicorn --preload forks after the app is built).
-        if getattr(local, "pid", None) != os.getpid():
-            path = sa.engine.make_url(self.uri).database or ""
-            conn = sqlite3.connect(
-                path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        if self.is_postgres:
+            rows = self._hot_statement(
+                _INSERT_JOB_NOTIFY, values | {"payload": models.WAKE_ENQUEUED}
             )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            local.conn, local.pid = conn, os.getpid()
-        return local.conn  # type: ignore[no-any-return]
+        else:
+            rows = self._hot_statement(_INSERT_JOB, values)
+        job_id = rows[0]["id"]
+        return Job.from_row({c.name: None for c in jobs.c} | values | {"id": job_id})
 
     # -- the runner's transitions ------------------------------------------------------------
 
@@ -393,6 +680,7 @@ class Store:
         with self._hot_write() as run:
             rows = run(_CLAIM, params)
             if rows:
+                message = storable(f"started on {runner_id}", MAX_MESSAGE)
                 run(
                     _INSERT_EVENT,
                     [
@@ -400,7 +688,7 @@ class Store:
                             "job_id": r["id"],
                             "at": now,
                             "kind": "started",
-                            "message": f"started on {runner_id}",
+                            "message": message,
                             "attempt": r["attempts"],
                         }
                         for r in rows
@@ -409,6 +697,34 @@ class Store:
         claimed = [Job.from_row(r) for r in rows]
         claimed.sort(key=lambda j: (-j.priority, j.run_at, j.id))
         return claimed
+
+    def explain_claim(
+        self, *, limit: int = 4, now: float | None = None, seqscan: bool = True
+    ) -> str:
+        """The query plan of the claim as `claim` would send it now (nothing is changed).
+
+        PostgreSQL's ``EXPLAIN``, or SQLite's ``EXPLAIN QUERY PLAN``; ``seqscan=False`` tells
+        PostgreSQL to avoid sequential scans, to show which index the claim can use.
+        """
+        now = time.time() if now is None else now
+        params = {
+            "now": now, "limit": limit, "owner": "explain", "expires": now, "runner_id": "explain",
+        }  # fmt: skip
+        raw = self._raw.get()
+        try:
+            raw.begin()
+            if self.is_postgres:
+                if not seqscan:
+                    raw.run("SET LOCAL enable_seqscan = off", {})
+                rows = raw.run("EXPLAIN " + _CLAIM, params)
+                plan = [next(iter(r.values())) for r in rows]
+            else:
+                rows = raw.run("EXPLAIN QUERY PLAN " + _CLAIM, params)
+                plan = [str(r["detail"]) for r in rows]
+        finally:
+            raw.rollback()
+            self._raw.put(raw)
+        return "\n".join(plan)
 
     def set_pids(self, owner: str, started: Sequence[tuple[int, int, int]]) -> None:
         """Record the process id of each ``(job_id, attempt, pid)`` just started, fenced."""
@@ -422,60 +738,74 @@ class Store:
     def renew(self, owner: str, lease_seconds: float, now: float | None = None) -> set[int]:
         """Extend every lease `owner` holds; return the ids it still owns."""
         now = time.time() if now is None else now
-        stmt = (
-            jobs.update()
-            .where(jobs.c.status == models.RUNNING, jobs.c.lease_owner == owner)
-            .values(lease_expires_at=now + lease_seconds)
-            .returning(jobs.c.id)
-        )
-        with self._write() as conn:
-            return set(conn.execute(stmt).scalars())
+        with self._hot_write() as run:
+            rows = run(_RENEW, {"owner": owner, "expires": now + lease_seconds})
+        return {r["id"] for r in rows}
 
     def owned(self, owner: str) -> set[int]:
         """Ids of the jobs `owner` still holds (a cancelled or reclaimed job drops out)."""
-        stmt = sa.select(jobs.c.id).where(
-            jobs.c.status == models.RUNNING, jobs.c.lease_owner == owner
-        )
         with self._read() as conn:
-            return set(conn.execute(stmt).scalars())
-
-    def _fenced(self, job_id: int, attempt: int, owner: str) -> sa.Update:
-        return jobs.update().where(
-            jobs.c.id == job_id,
-            jobs.c.status == models.RUNNING,
-            jobs.c.attempts == attempt,
-            jobs.c.lease_owner == owner,
-        )
+            return set(conn.execute(sa.text(_OWNED), {"owner": owner}).scalars())
 
     def progress(
-        self,
-        owner: str,
-        updates: Sequence[tuple[int, int, float, str, int | None]],
-        now: float | None = None,
-    ) -> None:
-        """Record ``(job_id, attempt, percent, message, pid)`` progress reports, fenced."""
+        self, owner: str, reports: Sequence[Progress], now: float | None = None
+    ) -> list[bool]:
+        """Record progress reports (the latest per attempt), fenced; return which applied."""
         now = time.time() if now is None else now
-        with self._write() as conn:
-            for job_id, attempt, percent, message, pid in updates:
-                res = conn.execute(
-                    self._fenced(job_id, attempt, owner).values(
-                        progress=percent, progress_message=message, pid=pid
+        applied = []
+        with self._hot_write() as run:
+            for p in reports:
+                message = storable(p.message, MAX_PROGRESS_MESSAGE) or ""
+                ok = (
+                    run(
+                        _PROGRESS,
+                        {
+                            "id": p.job_id,
+                            "attempt": p.attempt,
+                            "owner": owner,
+                            "percent": p.percent,
+                            "message": message,
+                            "pid": p.pid,
+                        },
                     )
+                    == 1
                 )
-                if res.rowcount:
-                    text = f"{percent:g}%" + (f": {message}" if message else "")
-                    self._event(conn, job_id, "progress", text, attempt, now)
+                if ok:
+                    text = f"{p.percent:g}%" + (f": {message}" if message else "")
+                    run(
+                        _INSERT_EVENT,
+                        {
+                            "job_id": p.job_id,
+                            "at": now,
+                            "kind": "progress",
+                            "message": text,
+                            "attempt": p.attempt,
+                        },
+                    )
+                applied.append(ok)
+        return applied
 
     def finish(
-        self, owner: str, outcomes: Sequence[Outcome], now: float | None = None
+        self,
+        owner: str,
+        outcomes: Sequence[Outcome],
+        now: float | None = None,
+        *,
+        pids: Sequence[tuple[int, int, int]] = (),
     ) -> list[bool]:
         """Record how attempts ended, in one transaction; each write fenced.
 
-        Returns, per outcome, whether it applied (False: the lease was lost meanwhile).
+        `pids` (``(job_id, attempt, pid)`` of attempts started since) ride along, as in
+        `set_pids`. Returns, per outcome, whether it applied (False: the lease was lost).
         """
         now = time.time() if now is None else now
         applied: list[bool] = []
         with self._hot_write() as run:
+            if pids:
+                run(
+                    _SET_PID,
+                    [{"id": i, "attempt": a, "pid": p, "owner": owner} for i, a, p in pids],
+                )
             for o in outcomes:
                 if o.reason == models.END_SUCCEEDED:
                     stmt = _FINISH_SUCCEEDED
@@ -493,23 +823,21 @@ class Store:
                     "pid": o.pid,
                     "now": now,
                     "result": o.result_json,
-                    "error": o.error,
-                    "traceback": o.traceback,
+                    "error": storable(o.error, MAX_ERROR),
+                    "traceback": storable(o.traceback, MAX_TRACEBACK),
                     "run_at": now + (o.retry_in or 0.0),
                 }
                 ok = run(stmt, {k: params[k] for k in _PARAMS[stmt]}) == 1
                 if ok:
                     run(
                         _INSERT_EVENT,
-                        [
-                            {
-                                "job_id": o.job_id,
-                                "at": now,
-                                "kind": o.reason,
-                                "message": o.message,
-                                "attempt": o.attempt,
-                            }
-                        ],
+                        {
+                            "job_id": o.job_id,
+                            "at": now,
+                            "kind": o.reason,
+                            "message": storable(o.message, MAX_MESSAGE),
+                            "attempt": o.attempt,
+                        },
                     )
                 applied.append(ok)
         return applied
@@ -528,42 +856,41 @@ class Store:
         (its renewals only failed, e.g. while the database was locked), so they are not lost.
         """
         now = time.time() if now is None else now
-        expired = [jobs.c.status == models.RUNNING, jobs.c.lease_expires_at < now]
-        if except_owner is not None:
-            expired.append(jobs.c.lease_owner != except_owner)
-        select = self._for_update(sa.select(jobs).where(*expired), skip_locked=True)
         reclaimed: list[Reclaimed] = []
-        with self._write() as conn:
-            for row in conn.execute(select).mappings().all():
+        with self._hot_write() as run:
+            rows = run(_EXPIRED, {"now": now, "except_owner": except_owner or ""})
+            for row in rows:
                 job = Job.from_row(row)
                 wait = retry_in(job)
-                message = f"lease of {job.runner_id or job.lease_owner} expired (runner lost)"
-                values: dict[str, Any] = {
-                    "end_reason": models.END_LEASE_EXPIRED,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "error": f"LeaseExpired: {message}",
-                    "traceback": None,
-                }
-                if wait is None:
-                    values.update(status=models.FAILED, finished_at=now)
-                else:
-                    values.update(status=models.RETRYING, run_at=now + wait)
-                res = conn.execute(
-                    self._fenced(job.id, job.attempts, job.lease_owner or "").values(**values)
+                message = storable(
+                    f"lease of {job.runner_id or job.lease_owner} expired (runner lost)",
+                    MAX_MESSAGE,
                 )
-                if res.rowcount:
-                    self._event(conn, job.id, models.END_LEASE_EXPIRED, message, job.attempts, now)
+                applied = run(
+                    _RECLAIM,
+                    {
+                        "id": job.id,
+                        "attempt": job.attempts,
+                        "owner": job.lease_owner or "",
+                        "status": models.FAILED if wait is None else models.RETRYING,
+                        "run_at": job.run_at if wait is None else now + wait,
+                        "finished_at": now if wait is None else None,
+                        "error": f"LeaseExpired: {message}",
+                    },
+                )
+                if applied:
+                    run(
+                        _INSERT_EVENT,
+                        {
+                            "job_id": job.id,
+                            "at": now,
+                            "kind": models.END_LEASE_EXPIRED,
+                            "message": message,
+                            "attempt": job.attempts,
+                        },
+                    )
                     reclaimed.append(Reclaimed(job, wait))
         return reclaimed
-
-    def add_event(
-        self, job_id: int, kind: str, message: str, attempt: int | None, now: float | None = None
-    ) -> None:
-        """Append one event to a job's history."""
-        now = time.time() if now is None else now
-        with self._write() as conn:
-            self._event(conn, job_id, kind, message, attempt, now)
 
     def mark_log_incomplete(self, job_ids: Sequence[int]) -> None:
         """Flag jobs whose log lines could not all be written (disk full …)."""
@@ -591,7 +918,7 @@ class Store:
         now = time.time() if now is None else now
         with self._write() as conn:
             job = self._locked_row(conn, job_id)
-            if job.status not in (models.PENDING, models.RETRYING, models.RUNNING):
+            if job.status not in models.CANCELLABLE_STATUSES:
                 raise InvalidTransition(
                     f"job {job_id} is {job.status}; only pending, retrying or running jobs "
                     "can be cancelled"
@@ -615,7 +942,7 @@ class Store:
                 job.attempts or None,
                 now,
             )
-            self._notify(conn, "c")
+            self._notify(conn, models.WAKE_CANCELLED)
         return job
 
     def retry(self, job_id: int, check: Callable[[Job], None], now: float | None = None) -> Job:
@@ -626,7 +953,7 @@ class Store:
         now = time.time() if now is None else now
         with self._write() as conn:
             job = self._locked_row(conn, job_id)
-            if job.status not in (models.FAILED, models.CANCELLED):
+            if job.status not in models.RETRYABLE_STATUSES:
                 raise InvalidTransition(
                     f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried"
                 )
@@ -706,19 +1033,25 @@ class Store:
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[list[Job], int]:
-        """Jobs newest first, filtered by status and a search text; and the total count."""
+        """Jobs newest first, filtered by status and a search text; and the total count.
+
+        The search is case-insensitive on both backends: a job id, a part of the class or
+        method name, or the display form ``pkg.mod.Class::method``.
+        """
         where: list[sa.ColumnElement[bool]] = []
         if status:
             where.append(jobs.c.status == status)
-        if q and "::" in q:  # the display form, "pkg.mod.Class::method"
+        if q is not None and _UNSTORABLE.search(q):
+            # No stored name can hold these characters (and PostgreSQL refuses them in a query).
+            where.append(sa.false())
+        elif q and "::" in q:  # the display form, "pkg.mod.Class::method"
             cls, _, method = q.partition("::")
-            where.append(jobs.c.class_name.like(f"%{_like_escape(cls)}", escape="\\"))
-            where.append(jobs.c.method_name.like(f"{_like_escape(method)}%", escape="\\"))
+            where.append(jobs.c.class_name.iendswith(cls, autoescape=True))
+            where.append(jobs.c.method_name.istartswith(method, autoescape=True))
         elif q:
-            pattern = f"%{_like_escape(q)}%"
             match: list[sa.ColumnElement[bool]] = [
-                jobs.c.class_name.like(pattern, escape="\\"),
-                jobs.c.method_name.like(pattern, escape="\\"),
+                jobs.c.class_name.icontains(q, autoescape=True),
+                jobs.c.method_name.icontains(q, autoescape=True),
             ]
             if q.strip().isdigit() and len(q.strip()) < 18:
                 match.append(jobs.c.id == int(q.strip()))

@@ -139,32 +139,7 @@ def restart_postgres(timeout: float = 60.0) -> float:
 
 def claim_plan(app: Any, *, seqscan: bool = True) -> str:
     """EXPLAIN of the runner's claim, exactly as `Store.claim` sends it, with the clock at now."""
-    store = store_of(app)
-    captured: list[tuple[str, dict[str, Any]]] = []
-
-    def capture(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("UPDATE") and "FOR UPDATE" in statement:
-            captured.append((statement, dict(params)))
-
-    sa.event.listen(store.engine, "before_cursor_execute", capture)
-    try:
-        # At now=0 nothing is due, so this claim changes nothing; only its SQL is wanted.
-        claimed = store.claim(
-            owner="explain", runner_id="explain", limit=4, lease_seconds=30, now=0.0
-        )
-    finally:
-        sa.event.remove(store.engine, "before_cursor_execute", capture)
-    assert claimed == []
-    [(statement, params)] = captured
-    # The same statement as a claim made now would send (EXPLAIN does not run it).
-    now = time.time()
-    params = {k: now + v if isinstance(v, float) else v for k, v in params.items()}
-    with store.engine.connect() as conn:
-        if not seqscan:
-            conn.exec_driver_sql("SET enable_seqscan = off")
-        plan = conn.exec_driver_sql("EXPLAIN " + statement, params).scalars().all()
-        conn.rollback()
-    return "\n".join(plan)
+    return str(store_of(app).explain_claim(limit=4, seqscan=seqscan))
 
 
 def index_scans(app: Any) -> dict[str, int]:
