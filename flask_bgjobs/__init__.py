@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask_bgjobs.current import current_job
 from flask_bgjobs.errors import (
     BgJobsError,
     ConfigError,
@@ -11,7 +12,6 @@ from flask_bgjobs.errors import (
     JobNotAllowed,
     JobNotFound,
 )
-from flask_bgjobs.executor import current_job
 from flask_bgjobs.extension import BackgroundJobs, run_background_job
 from flask_bgjobs.models import Job
 

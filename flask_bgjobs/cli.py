@@ -1,4 +1,4 @@
-"""``flask bgjobs …``: every command goes through the extension object, never its own SQL.
+"""``flask bgjobs …``: every command goes through the service functions, never its own SQL.
 
 Bad input exits non-zero with one clear line on stderr, never a traceback: Click's usage
 errors are folded into one line too, and every other error becomes ``Error: <one line>``.
@@ -15,10 +15,10 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
-from flask_bgjobs import models, security
+from flask_bgjobs import models, security, service
 from flask_bgjobs.errors import BgJobsError
-from flask_bgjobs.extension import EXTENSION_KEY, BackgroundJobs
 from flask_bgjobs.models import Job
+from flask_bgjobs.state import EXTENSION_KEY, AppState
 
 #: Longest error line printed; a huge message (a giant class name) is cut, not dumped.
 _MAX_ERROR_CHARS = 500
@@ -93,11 +93,11 @@ bgjobs_cli = _Group(
 )
 
 
-def _ext() -> BackgroundJobs:
+def _state() -> AppState:
     state = current_app.extensions.get(EXTENSION_KEY)
     if state is None:
         raise click.ClickException("flask-bgjobs is not initialised on this app")
-    return state.ext  # type: ignore[no-any-return]
+    return state  # type: ignore[no-any-return]
 
 
 @bgjobs_cli.command("worker")
@@ -121,11 +121,16 @@ def worker_command(concurrency: int | None, burst: bool) -> None:
       flask --app myapp bgjobs worker --concurrency 4
       flask --app myapp bgjobs worker --burst
     """
-    ext = _ext()
+    from flask_bgjobs.runner import Runner  # only this command needs it
+
+    state = _state()
     # The runner rides out database outages silently (they go to the error log); an
-    # operator starting it against a wrong or dead database should hear about it now.
-    ext.list_jobs(status=models.RUNNING, per_page=1)
-    raise SystemExit(ext.worker(concurrency=concurrency, burst=burst))
+    # operator starting it against a wrong or dead database should hear about it now. A
+    # locked SQLite file is no such error: the runner waits for it like any other.
+    state.store.ping()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    runner = Runner.for_app(app, state, concurrency=concurrency, burst=burst)
+    raise SystemExit(runner.run(app))
 
 
 @bgjobs_cli.command("enqueue")
@@ -177,15 +182,17 @@ def enqueue_command(
       flask bgjobs enqueue demo_app.jobs.Reports process_data --params '[42]' --priority 5
       flask bgjobs enqueue demo_app.mail send --params '{"to": "ada@example.com"}' --delay 60
     """
-    ext = _ext()
+    state = _state()
     decoded = None
     if params is not None:
         try:
-            decoded = security.decode_params(params, ext.state().settings.max_params_bytes)
+            decoded = security.decode_params(params, state.settings.max_params_bytes)
         except BgJobsError as exc:
-            ext.log_rejected(class_name, method_name, exc)
+            service.log_rejected(state, class_name, method_name, exc)
             raise
-    job = ext.run(class_name, method_name, decoded, retries, delay, priority, timeout=timeout)
+    job = service.enqueue(
+        state, class_name, method_name, decoded, retries, delay, priority, timeout=timeout
+    )
     click.echo(job.id)
 
 
@@ -209,7 +216,7 @@ def list_command(status: str | None, limit: int, as_json: bool) -> None:
       flask bgjobs list --status failed --limit 50
       flask bgjobs list --json
     """
-    jobs, total = _ext().list_jobs(status=status, per_page=min(limit, _MAX_ID))
+    jobs, total = service.list_jobs(_state(), status=status, per_page=min(limit, _MAX_ID))
     if as_json:
         click.echo(json.dumps([j.to_dict() for j in jobs], indent=2))
         return
@@ -251,7 +258,7 @@ def show_command(job_id: int, as_json: bool) -> None:
       flask bgjobs show 17
       flask bgjobs show 17 --json
     """
-    job = _ext().get_job(job_id)
+    job = _state().store.get(job_id, with_events=True)
     if as_json:
         click.echo(json.dumps(job.to_dict(), indent=2))
         return
@@ -318,12 +325,12 @@ def retry_command(job_id: int | None, all_failed: bool) -> None:
         raise click.UsageError("give a job ID or --all-failed")
     if job_id is not None and all_failed:
         raise click.UsageError("give a job ID or --all-failed, not both")
-    ext = _ext()
+    state = _state()
     if all_failed:
-        click.echo(f"{ext.retry_all_failed()} job(s) retried")
+        click.echo(f"{service.retry_all_failed(state)} job(s) retried")
         return
     assert job_id is not None
-    job = ext.retry(job_id)
+    job = service.retry(state, job_id)
     click.echo(f"job {job.id} is {job.status}")
 
 
@@ -338,7 +345,7 @@ def cancel_command(job_id: int) -> None:
     Example:
       flask bgjobs cancel 17
     """
-    job = _ext().cancel(job_id)
+    job = service.cancel(_state(), job_id)
     click.echo(f"job {job.id} is {job.status}")
 
 
@@ -361,7 +368,7 @@ def prune_command(older_than: float) -> None:
     Example:
       flask bgjobs prune --older-than 30
     """
-    click.echo(f"{_ext().prune(older_than)} job(s) deleted")
+    click.echo(f"{service.prune(_state(), older_than)} job(s) deleted")
 
 
 @bgjobs_cli.command("stats")
@@ -375,7 +382,7 @@ def stats_command(as_json: bool) -> None:
     Example:
       flask bgjobs stats --json
     """
-    stats = _ext().stats()
+    stats = service.stats(_state())
     if as_json:
         click.echo(json.dumps(stats, indent=2))
         return
@@ -397,7 +404,7 @@ def sweep_command() -> None:
     Example:
       flask bgjobs sweep
     """
-    reclaimed = _ext().sweep()
+    reclaimed = service.sweep(_state())
     click.echo(f"{len(reclaimed)} expired lease(s) taken back")
     for r in reclaimed:
         then = "retrying" if r.retry_in is not None else "failed"
@@ -415,5 +422,5 @@ def init_db_command() -> None:
     Example:
       flask bgjobs init-db
     """
-    _ext().init_db()
+    _state().store.ensure_tables()
     click.echo("job tables ready")

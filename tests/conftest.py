@@ -346,4 +346,6 @@ def ctx(app: Any) -> Iterator[None]:
 @pytest.fixture
 def bgjobs(app: Any) -> Any:
     """The `BackgroundJobs` object of the test app."""
-    return app.extensions["bgjobs"].ext
+    import jobapp
+
+    return jobapp.bgjobs

@@ -13,7 +13,7 @@ added later cannot skip them:
 2. CSRF (:mod:`.csrf`) on every method that is not GET, HEAD or OPTIONS;
 3. security headers on the response (:func:`secure_headers`).
 
-All data comes through the extension object (`BackgroundJobs`); this package has no SQL.
+All data comes through the service functions and the app's state; this package has no SQL.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from werkzeug.wrappers import Response
 
+from flask_bgjobs import service
 from flask_bgjobs.dashboard import inputs, logs, present
-from flask_bgjobs.dashboard.views import JOB_ID, ext, state
+from flask_bgjobs.dashboard.views import JOB_ID, state
 from flask_bgjobs.errors import InvalidJob, InvalidTransition, JobNotAllowed, JobNotFound
 
 
@@ -33,7 +34,7 @@ def add_routes(bp: Blueprint) -> None:
 
 def jobs() -> Response:
     """One page of jobs, newest first; a page past the end gives the last page."""
-    p = inputs.job_page(ext(), request.args)
+    p = inputs.job_page(state(), request.args)
     return jsonify(
         {
             "jobs": [j.to_dict() for j in p.jobs],
@@ -47,14 +48,14 @@ def jobs() -> Response:
 def job(job_id: int) -> Response:
     """One job with its events; 404 JSON for an unknown id."""
     try:
-        return jsonify(ext().get_job(job_id).to_dict())
+        return jsonify(state().store.get(job_id, with_events=True).to_dict())
     except JobNotFound:
         return _error(404, f"No job with id {job_id}.")
 
 
 def stats() -> Response:
     """Counts per status and the last hour's throughput, as the extension gives them."""
-    return jsonify(ext().stats())
+    return jsonify(service.stats(state()))
 
 
 def log_tail() -> Response:
@@ -74,7 +75,7 @@ def log_tail() -> Response:
 def retry(job_id: int) -> Response:
     """Retry a failed or cancelled job: the job, or 404 / 409 with the reason."""
     try:
-        return jsonify(ext().retry(job_id).to_dict())
+        return jsonify(service.retry(state(), job_id).to_dict())
     except JobNotFound:
         return _error(404, f"No job with id {job_id}.")
     except InvalidTransition as exc:
@@ -86,7 +87,7 @@ def retry(job_id: int) -> Response:
 def cancel(job_id: int) -> Response:
     """Cancel a pending, retrying or running job: the job, or 404 / 409 with the reason."""
     try:
-        return jsonify(ext().cancel(job_id).to_dict())
+        return jsonify(service.cancel(state(), job_id).to_dict())
     except JobNotFound:
         return _error(404, f"No job with id {job_id}.")
     except InvalidTransition as exc:
@@ -95,7 +96,7 @@ def cancel(job_id: int) -> Response:
 
 def retry_failed() -> Response:
     """Retry every failed job still allowed: ``{"retried": n}``."""
-    return jsonify({"retried": ext().retry_all_failed()})
+    return jsonify({"retried": service.retry_all_failed(state())})
 
 
 def _error(code: int, message: str, **extra: Any) -> Response:

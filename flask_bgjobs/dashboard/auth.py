@@ -38,7 +38,7 @@ def check_access() -> Response | None:
     """``None`` to admit the current request, else the 401 or 403 response to send."""
     state = current_app.extensions["bgjobs"]
     settings = state.settings
-    callback = state.ext.dashboard_auth_callback
+    callback = state.registry.dashboard_auth
     user, password = settings.dashboard_username, settings.dashboard_password
     if user is not None and password is not None:
         if not _basic_matches(user, password):

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from werkzeug.exceptions import BadRequest, NotFound
 
-from flask_bgjobs import models
+from flask_bgjobs import models, service
 
 if TYPE_CHECKING:
-    from flask_bgjobs.extension import BackgroundJobs
     from flask_bgjobs.models import Job
+    from flask_bgjobs.state import AppState
 
 PER_PAGE = 50
 MAX_PER_PAGE = 200
@@ -113,12 +113,12 @@ class JobPage(NamedTuple):
     per_page: int
 
 
-def job_page(bgjobs: BackgroundJobs, args: Mapping[str, str]) -> JobPage:
+def job_page(state: AppState, args: Mapping[str, str]) -> JobPage:
     """The page of jobs `args` asks for; a page past the end gives the last page."""
     status_, q, size, number = status(args), query(args), per_page(args), page(args)
-    jobs, total = bgjobs.list_jobs(status=status_, q=q, page=number, per_page=size)
+    jobs, total = service.list_jobs(state, status=status_, q=q, page=number, per_page=size)
     last = last_page(total, size)
     if number > last:  # past the end: the last page rather than an empty one
         number = last
-        jobs, total = bgjobs.list_jobs(status=status_, q=q, page=number, per_page=size)
+        jobs, total = service.list_jobs(state, status=status_, q=q, page=number, per_page=size)
     return JobPage(jobs, total, status_, q, number, last, size)

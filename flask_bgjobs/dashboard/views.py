@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from flask_bgjobs import models
+from flask_bgjobs import models, service
 from flask_bgjobs.dashboard import inputs, logs, present
 from flask_bgjobs.errors import (
     InvalidJob,
     InvalidTransition,
     JobNotAllowed,
 )
-from flask_bgjobs.extension import BackgroundJobs, State
+from flask_bgjobs.state import AppState, get_state
 
 #: Job ids in URLs: digits only, and no larger than a BIGINT (a longer number is a 404, not a
 #: database error).
@@ -32,14 +32,9 @@ def add_routes(bp: Blueprint) -> None:
     bp.add_url_rule("/logs", "logs", log_viewer)
 
 
-def state() -> State:
-    """The extension's state for the current app."""
-    return current_app.extensions["bgjobs"]  # type: ignore[no-any-return]
-
-
-def ext() -> BackgroundJobs:
-    """The `BackgroundJobs` object: every read and action goes through it."""
-    return state().ext
+def state() -> AppState:
+    """The extension's state for the current app: every read and action goes through it."""
+    return get_state()
 
 
 def job_url_base() -> str:
@@ -52,10 +47,10 @@ def job_url_base() -> str:
 
 def overview() -> str:
     """Counts per status, running jobs, the last hour's chart and the latest failures."""
-    bgjobs = ext()
-    stats = bgjobs.stats()
-    running, n_running = bgjobs.list_jobs(status=models.RUNNING, per_page=50)
-    failures, _ = bgjobs.list_jobs(status=models.FAILED, per_page=6)
+    st = state()
+    stats = service.stats(st)
+    running, n_running = service.list_jobs(st, status=models.RUNNING, per_page=50)
+    failures, _ = service.list_jobs(st, status=models.FAILED, per_page=6)
     return render_template(
         "bgjobs/overview.html",
         counts=stats["counts"],
@@ -70,9 +65,9 @@ def overview() -> str:
 
 def job_list() -> str:
     """Jobs newest first, filtered by status and a search text, one page at a time."""
-    bgjobs = ext()
-    jobs, total, status, q, page, last, size = inputs.job_page(bgjobs, request.args)
-    counts = bgjobs.counts()
+    st = state()
+    jobs, total, status, q, page, last, size = inputs.job_page(st, request.args)
+    counts = st.store.counts()
     return render_template(
         "bgjobs/jobs.html",
         jobs=[present.job_view(j) for j in jobs],
@@ -92,7 +87,7 @@ def job_list() -> str:
 
 def job_detail(job_id: int) -> str:
     """One job: details, params, result, error and traceback, attempts and timeline."""
-    job = ext().get_job(job_id)
+    job = state().store.get(job_id, with_events=True)
     events = job.events or ()
     created = present.TimelineRow(
         job.created_at,
@@ -137,7 +132,7 @@ def log_viewer() -> str:
 def retry(job_id: int) -> Response:
     """Make a failed or cancelled job pending again (the allowlist is checked again)."""
     try:
-        job = ext().retry(job_id)
+        job = service.retry(state(), job_id)
     except InvalidTransition as exc:
         flash(f"Not retried: {exc}.", "error")
     except (JobNotAllowed, InvalidJob) as exc:
@@ -150,7 +145,7 @@ def retry(job_id: int) -> Response:
 def cancel(job_id: int) -> Response:
     """Cancel a pending, retrying or running job (a running one's process group is killed)."""
     try:
-        job = ext().cancel(job_id)
+        job = service.cancel(state(), job_id)
     except InvalidTransition as exc:
         flash(f"Not cancelled: {exc}.", "error")
     else:
@@ -160,9 +155,9 @@ def cancel(job_id: int) -> Response:
 
 def retry_failed() -> Response:
     """Retry every failed job that is still allowed; say how many (and how many stayed)."""
-    bgjobs = ext()
-    before = bgjobs.counts()[models.FAILED]
-    count = bgjobs.retry_all_failed()
+    st = state()
+    before = st.store.counts()[models.FAILED]
+    count = service.retry_all_failed(st)
     if before == 0 and count == 0:
         flash("No failed jobs to retry.", "ok")
     else:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import jobapp
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -69,8 +70,8 @@ def seeded(env: Any, web: Flask) -> Seeded:
         bad = run_background_job(J, "fail", ["bad row"], retry_attempts=0)
         gone = run_background_job(J, "noop", delay=3600)
         waiting = run_background_job(J, "greet", {"name": "Ada"}, delay=3600)
-        web.extensions["bgjobs"].ext.cancel(gone.id)
+        jobapp.bgjobs.cancel(gone.id)
     env.burst()
     with web.app_context():
-        get = web.extensions["bgjobs"].ext.get_job
+        get = jobapp.bgjobs.get_job
         return Seeded(get(ok.id), get(bad.id), get(gone.id), get(waiting.id))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jobapp
 import pytest
 from conftest import Env, pid_alive, wait_for
 from flask import Flask
@@ -23,7 +24,7 @@ def text(response: Any) -> str:
 
 def get(app: Flask, job_id: int) -> Job:
     with app.app_context():
-        job: Job = app.extensions["bgjobs"].ext.get_job(job_id)
+        job: Job = jobapp.bgjobs.get_job(job_id)
         return job
 
 

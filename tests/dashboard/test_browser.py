@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jobapp
 import pytest
 from conftest import ROOT, Env, wait_for
 from flask import Flask
@@ -322,7 +323,7 @@ def test_open_a_failed_job_retry_it_with_the_keyboard_and_watch_it_succeed(
         job = run_background_job(S, "fail_until", [str(ready)], retry_attempts=1, priority=2)
     env.start_worker()
     with web.app_context():
-        ext = web.extensions["bgjobs"].ext
+        ext = jobapp.bgjobs
         wait_for(lambda: ext.get_job(job.id).status == "failed", what="the job to fail twice")
 
     page.goto(PREFIX + "/jobs?status=failed")
@@ -364,7 +365,7 @@ def test_filter_and_search_the_list_and_retry_all_failed_after_confirming(
 ) -> None:
     page = watched.page
     with web.app_context():
-        ext = web.extensions["bgjobs"].ext
+        ext = jobapp.bgjobs
         ids = {
             "add": run_background_job(J, "add", [1, 1]).id,
             "greet": run_background_job(J, "greet", {"name": "Lin"}).id,

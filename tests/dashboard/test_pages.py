@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import jobapp
 import pytest
 from conftest import SPEC_JOB_KEYS, Env, wait_for
 from flask import Flask
@@ -80,7 +81,7 @@ def test_overview_shows_a_running_job_with_its_progress_and_elapsed_time(
         job = run_background_job(S, "gated", [str(gate), 4])
     env.start_worker()
     (tmp_path / "gate.1").touch()
-    ext = web.extensions["bgjobs"].ext
+    ext = jobapp.bgjobs
     with web.app_context():
         wait_for(lambda: ext.get_job(job.id).progress == 25, what="25% reported")
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jobapp
 import pytest
 import sqlalchemy as sa
 from conftest import Env
@@ -53,7 +54,7 @@ def url_of(rule: Rule, job_id: int) -> str:
 
 def job_status(app: Flask, job_id: int) -> str:
     with app.app_context():
-        return str(app.extensions["bgjobs"].ext.get_job(job_id).status)
+        return str(jobapp.bgjobs.get_job(job_id).status)
 
 
 # -- FAULTS 21: escaping, {{7*7}}, CSP --------------------------------------------------------

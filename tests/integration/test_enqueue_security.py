@@ -29,6 +29,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import ALLOWED, Env, pid_alive, runner_pids, wait_for
 from flask import Flask
+from jobapp import bgjobs as jobapp_bgjobs
 
 from flask_bgjobs import BgJobsError, InvalidJob, JobNotAllowed, run_background_job
 from flask_bgjobs.models import events
@@ -404,7 +405,7 @@ def test_malformed_retry_delay_priority_or_timeout_is_rejected(
 def test_bgjobs_run_refuses_exactly_like_run_background_job(
     env: Env, app: Flask, before: Before, args: tuple[Any, ...], expected: type[BgJobsError]
 ) -> None:
-    ext = app.extensions["bgjobs"].ext
+    ext = jobapp_bgjobs
     with pytest.raises(expected) as exc_info:
         ext.run(*args)
     assert_rejected_cleanly(env, app, before, exc_info)
@@ -416,7 +417,7 @@ def test_bgjobs_run_refuses_exactly_like_run_background_job(
 def test_the_canary_is_imported_only_by_the_job_process_of_an_allowed_job(
     env: Env, app: Flask, before: Before
 ) -> None:
-    ext = app.extensions["bgjobs"].ext
+    ext = jobapp_bgjobs
     job = run_background_job(ALLOWED_CANARY, "ok")
     assert stored(app)[0] == before.rows[0] + 1
     assert CANARY not in sys.modules, "enqueuing must not import the job's module"
@@ -434,7 +435,7 @@ def test_a_wildcard_never_reaches_what_the_class_inherits_from_type_or_object(
 ) -> None:
     # "*" allows any public name at enqueue (checking more would mean importing), so `mro` is
     # stored; the runner refuses it before the call and never retries it.
-    ext = app.extensions["bgjobs"].ext
+    ext = jobapp_bgjobs
     job = run_background_job(J, "mro", retry_attempts=3)
     env.burst()
     done = ext.get_job(job.id)
@@ -486,7 +487,7 @@ def test_shell_metacharacters_and_200_kib_params_reach_an_auto_started_runner_un
             assert os.getsid(pid) != os.getsid(0)
             assert os.readlink(f"/proc/{pid}/cwd") == str(workdir)
 
-            ext = app.extensions["bgjobs"].ext
+            ext = jobapp_bgjobs
             done = wait_for(
                 lambda: (j := ext.get_job(job.id)).is_finished and j,
                 timeout=60,

@@ -211,7 +211,7 @@ def test_jobs_use_the_apps_own_database_from_their_own_connections(
     result = env.flask("--app", "jobapp.dbapp:create_app()", "bgjobs", "worker", "--burst")
     assert result.returncode == 0, result.stderr
     with app.app_context():
-        ext = app.extensions["bgjobs"].ext
+        ext = dbapp.bgjobs
         assert all(ext.get_job(i).status == "succeeded" for i in ids)
         notes = dbapp.db.session.query(dbapp.Note).all()
         assert sorted(n.text for n in notes) == [f"note {i}" for i in range(6)]

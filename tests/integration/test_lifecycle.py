@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import APP_IMPORT, Env, pid_alive, runner_pids, wait_for
 
-from flask_bgjobs import run_background_job
+from flask_bgjobs import run_background_job, service
 from flask_bgjobs.models import jobs
 
 J = "jobapp.jobs.Jobs"
@@ -145,7 +145,7 @@ def test_a_runner_that_lost_its_lease_changes_nothing(env: Env, app: Any) -> Non
     job = run_background_job(J, "noop")
     [a] = store.claim(owner="A", runner_id="A", limit=1, lease_seconds=30)
     age_leases(app)
-    [reclaimed] = state.reclaim_expired()
+    [reclaimed] = service.sweep(state)
     assert reclaimed.job.id == job.id
     later = time.time() + 5  # past the retry wait, without waiting for it
     [b] = store.claim(owner="B", runner_id="B", limit=1, lease_seconds=30, now=later)

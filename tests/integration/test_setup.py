@@ -130,7 +130,7 @@ def test_the_constructor_and_init_app_both_keep_the_state_in_app_extensions(
         assert "bgjobs" not in app.extensions
         ext.init_app(app)
     state = app.extensions["bgjobs"]
-    assert state.ext is ext
+    assert state.registry is ext.registry
     assert state.settings.database_uri == env.database_uri
     assert not hasattr(ext, "app"), "the extension must not hold on to one app"
     with app.app_context():
@@ -160,7 +160,8 @@ def test_one_object_serves_several_apps_each_with_its_own_database(
     ext.init_app(first)
     ext.init_app(second)
     second_db = Path(second.instance_path) / "second.db"
-    assert first.extensions["bgjobs"].ext is ext and second.extensions["bgjobs"].ext is ext
+    assert first.extensions["bgjobs"].registry is ext.registry
+    assert second.extensions["bgjobs"].registry is ext.registry
     assert first.extensions["bgjobs"].settings.database_uri == env.database_uri
     assert second.extensions["bgjobs"].settings.database_uri == f"sqlite:///{second_db}"
 
@@ -383,7 +384,7 @@ def test_a_malformed_value_stops_init_app_with_a_config_error_naming_the_key(
     else:
         monkeypatch.delenv("BGJOBS_DOTENV_PATH" if source == "dotenv" else name)
     ext.init_app(app)
-    assert app.extensions["bgjobs"].ext is ext
+    assert app.extensions["bgjobs"].registry is ext.registry
 
 
 def test_relative_log_paths_land_in_the_instance_folder_for_the_web_app_and_the_runner(
@@ -483,7 +484,9 @@ def test_none_arguments_take_the_configured_defaults(
     else:
         expected = (4, 0.0, 1, 3600.0)  # SPEC §2 defaults
     app = jobapp_factory()
-    ext = app.extensions["bgjobs"].ext
+    import jobapp
+
+    ext = jobapp.bgjobs
     with app.app_context():
         jobs = [
             run_background_job(J, "add", [1, 2]),
@@ -510,7 +513,9 @@ def test_the_configured_job_timeout_limits_an_attempt(
 ) -> None:
     monkeypatch.setenv("BGJOBS_JOB_TIMEOUT", "1")  # the runner reads it too, from the job row
     app = jobapp_factory()
-    ext = app.extensions["bgjobs"].ext
+    import jobapp
+
+    ext = jobapp.bgjobs
     with app.app_context():
         job = run_background_job(J, "sleep", [60], retry_attempts=0)
         env.burst()

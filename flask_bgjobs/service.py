@@ -1,0 +1,246 @@
+"""The operations every front end shares: enqueue, retry, cancel, prune, stats, sweep.
+
+`BackgroundJobs` (the Python API), the CLI and the dashboard all call these with the app's
+`AppState`, so a rule such as "retry re-checks the allowlist" or "a cancel wakes the runner"
+is written once. No SQL here: that is the store's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask_bgjobs import joblog, models, security
+from flask_bgjobs.errors import BgJobsError, InvalidJob
+from flask_bgjobs.models import Job
+from flask_bgjobs.state import AppState
+from flask_bgjobs.store import Reclaimed
+
+#: Priorities and attempt counts are stored as 32-bit integers on every backend.
+INT_RANGE = (-(2**31), 2**31 - 1)
+#: The longest delay or timeout accepted (ten years): anything longer is a mistake, and a time
+#: past year 9999 could not even be shown.
+MAX_SECONDS = 10 * 365 * 86400.0
+
+
+# -- enqueue ---------------------------------------------------------------------------------
+
+
+def enqueue(
+    state: AppState,
+    class_name: str,
+    method_name: str,
+    params: list[Any] | dict[str, Any] | None = None,
+    retry_attempts: int | None = None,
+    delay: float | None = None,
+    priority: int | None = None,
+    *,
+    timeout: float | None = None,
+) -> Job:
+    """Validate, store and hand a job to a runner; return the persisted `Job`.
+
+    Raises `InvalidJob` or `JobNotAllowed` (nothing stored, nothing imported, one line in the
+    error log), or `DatabaseBusy` when SQLite stayed locked (nothing stored).
+    """
+    s = state.settings
+    try:
+        state.allowlist.check(class_name, method_name)
+        params_json = security.encode_params(params, s.max_params_bytes)
+        retries = count("retry_attempts", retry_attempts, s.default_retry_attempts)
+        wait = seconds("delay", delay, s.default_delay)
+        prio = integer("priority", priority, s.default_priority)
+        limit = seconds("timeout", timeout, s.job_timeout)
+    except BgJobsError as exc:
+        log_rejected(state, class_name, method_name, exc)
+        raise
+    job = state.store.enqueue(
+        class_name=class_name,
+        method_name=method_name,
+        params_json=params_json,
+        priority=prio,
+        max_attempts=retries + 1,
+        delay=wait,
+        timeout=limit,
+    )
+    wake(state)
+    return job
+
+
+def log_rejected(
+    state: AppState, class_name: object, method_name: object, exc: BaseException
+) -> None:
+    """Write the one ``Job rejected for …`` line a refused request leaves in the error log."""
+    name = (
+        security.display_name(class_name, method_name)
+        if isinstance(class_name, str) and isinstance(method_name, str)
+        else f"{class_name!r}::{method_name!r}"
+    )
+    state.joblog.write_error(joblog.rejected(name[:400], joblog.error_text(exc)))
+
+
+def wake(state: AppState, reason: str = models.WAKE_ENQUEUED) -> None:
+    """Nudge this host's runners; after an enqueue, start one if none is alive.
+
+    The job is committed already: a runner that cannot be woken or started must not turn a
+    stored job into an error (the caller would enqueue it again).
+    """
+    try:
+        state.launcher.nudge(reason.encode())
+        if state.settings.autostart and reason == models.WAKE_ENQUEUED:
+            state.launcher.ensure_runner(lambda: runner_env(state))
+    except OSError as exc:
+        state.joblog.write_error(
+            "Could not wake or start a runner (the job is stored and waits for one). "
+            f"Error: {joblog.error_text(exc)}"
+        )
+
+
+def runner_env(state: AppState) -> dict[str, str]:
+    """The environment of an auto-started runner: ours, plus how to find the app."""
+    import os
+
+    from flask_bgjobs import launcher
+
+    env = dict(os.environ)  # the runner keeps the starting process's environment
+    env["BGJOBS_APP"] = state.app_import
+    env[launcher.ERROR_LOG_ENV] = state.settings.error_log_file
+    return env
+
+
+def count(name: str, value: object, default: int) -> int:
+    """A count such as ``retry_attempts``: an integer ``>= 0``, or `default` for ``None``."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidJob(f"{name} must be an integer >= 0, got {value!r}"[:200])
+    if value >= INT_RANGE[1]:
+        raise InvalidJob(f"{name} must be below {INT_RANGE[1]}")
+    return value
+
+
+def integer(name: str, value: object, default: int) -> int:
+    """Any 32-bit integer (a priority), or `default` for ``None``."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidJob(f"{name} must be an integer, got {value!r}"[:200])
+    if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        raise InvalidJob(f"{name} must be between {INT_RANGE[0]} and {INT_RANGE[1]}")
+    return value
+
+
+def seconds(name: str, value: object, default: float) -> float:
+    """A number of seconds from 0 to `MAX_SECONDS`, or `default` for ``None``."""
+    if value is None:
+        return default
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise InvalidJob(f"{name} must be a number of seconds >= 0, got {value!r}"[:200])
+    if value > MAX_SECONDS:
+        raise InvalidJob(
+            f"{name} must be at most {MAX_SECONDS:.0f} seconds (ten years), got {value:g}"
+        )
+    return float(value)
+
+
+# -- operator actions ------------------------------------------------------------------------
+
+
+def _recheck(state: AppState) -> Callable[[Job], None]:
+    def check(job: Job) -> None:
+        state.allowlist.check(job.class_name, job.method_name)
+        security.decode_params(job.params_json, state.settings.max_params_bytes)
+
+    return check
+
+
+def retry(state: AppState, job_id: int) -> Job:
+    """Make a failed or cancelled job pending with fresh attempts (re-checks the allowlist)."""
+    job = state.store.retry(job_id, _recheck(state))
+    wake(state)
+    return job
+
+
+def retry_all_failed(state: AppState) -> int:
+    """Retry every failed job still allowed; return how many."""
+    n = state.store.retry_all_failed(_recheck(state))
+    if n:
+        wake(state)
+    return n
+
+
+def cancel(state: AppState, job_id: int) -> Job:
+    """Cancel a pending, retrying or running job (a running one's process group is killed)."""
+    before = state.store.cancel(job_id)
+    state.joblog.info(joblog.cancelled(before.name, job_id))
+    if before.status == models.RUNNING:
+        wake(state, models.WAKE_CANCELLED)
+    return state.store.get(job_id)
+
+
+def prune(state: AppState, older_than_days: float) -> int:
+    """Delete finished jobs older than this many days; return how many."""
+    if not math.isfinite(older_than_days) or older_than_days < 0:
+        raise InvalidJob("--older-than must be a number of days >= 0")
+    return state.store.prune(time.time() - older_than_days * 86400)
+
+
+def list_jobs(
+    state: AppState,
+    *,
+    status: str | None = None,
+    q: str | None = None,
+    page: int = 1,
+    per_page: int = 50,
+) -> tuple[list[Job], int]:
+    """Jobs newest first (one page) and the total that match."""
+    if status is not None and status not in models.STATUSES:
+        raise InvalidJob(f"unknown status {status!r}; use one of {', '.join(models.STATUSES)}")
+    page = max(1, page)
+    return state.store.list_jobs(status=status, q=q, limit=per_page, offset=(page - 1) * per_page)
+
+
+def stats(state: AppState, *, window: float = 3600.0, bucket: float = 60.0) -> dict[str, Any]:
+    """Counts per status and finished attempts per minute over the last hour."""
+    return {
+        "counts": state.store.counts(),
+        "throughput": state.store.throughput(time.time() - window, bucket),
+    }
+
+
+def sweep(state: AppState, *, except_owner: str | None = None) -> list[Reclaimed]:
+    """Take back running jobs whose lease expired (as failed attempts) and log them.
+
+    A live runner passes itself as `except_owner`: its own attempts are still running.
+    """
+    reclaimed = state.store.reclaim_expired(state.retry_in, except_owner=except_owner)
+    unlogged = log_reclaimed(state.joblog, reclaimed)
+    if unlogged:
+        state.store.mark_log_incomplete(unlogged)
+    return reclaimed
+
+
+def log_reclaimed(log: joblog.JobLog, reclaimed: list[Reclaimed]) -> list[int]:
+    """Write the log lines for jobs taken back after their lease expired.
+
+    Returns the ids of the jobs whose lines could not all be written.
+    """
+    unlogged = []
+    for r in reclaimed:
+        job = r.job
+        a, m = job.attempts, job.max_attempts
+        error = f"LeaseExpired: lease of {job.runner_id} expired (runner lost)"
+        ok = log.write_error(joblog.failed(job.name, job.id, a, m, error))
+        if r.retry_in is None:
+            ok = log.error(joblog.failed(job.name, job.id, a, m, error)) and ok
+        else:
+            ok = log.warning(joblog.retrying(job.name, job.id, a, m, r.retry_in, error)) and ok
+        if not ok:
+            unlogged.append(job.id)
+    return unlogged
