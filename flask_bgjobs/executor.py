@@ -1,12 +1,18 @@
-"""One attempt, inside the forked child: resolve, call, and report back over a pipe.
+"""Attempts, inside a job process: resolve, call, and report back over the channel.
 
-The child never writes to the job database. It sends newline-delimited JSON messages to the
-runner, which alone records outcomes (fenced by attempt and lease), so a job cannot corrupt
-its own record, and a child needs no database connection for bookkeeping.
+A job process is forked from the runner (or, with ``BGJOBS_START_METHOD=spawn``, started as a
+fresh interpreter that loads the app: ``python -m flask_bgjobs.executor``). It runs one
+attempt, or with process reuse up to ``BGJOBS_PROCESS_REUSE`` attempts one after another, each
+received as a message on its channel to the runner.
+
+The job process never writes to the job database. It sends newline-delimited JSON messages to
+the runner, which alone records outcomes (fenced by attempt and lease), so a job cannot corrupt
+its own record. The runner does not trust them either: it checks every message it is sent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import json
@@ -18,84 +24,68 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from flask_bgjobs import security
+from flask_bgjobs import current, security
 from flask_bgjobs.errors import BgJobsError
 
 if TYPE_CHECKING:
     from flask import Flask
 
-    from flask_bgjobs.models import Job
-
-#: Longest traceback kept per attempt (characters); the tail is the useful part.
+#: Longest traceback sent per attempt (characters); the tail is the useful part.
 MAX_TRACEBACK = 64 * 1024
-#: Longest progress message (characters).
-MAX_PROGRESS_MESSAGE = 1000
+#: Longest error line sent per attempt (characters).
+MAX_ERROR = 4000
 
-# Message kinds on the pipe.
-MSG_PROGRESS = "p"
-MSG_OK = "ok"
-MSG_ERROR = "err"
-MSG_REJECTED = "rej"
+# Messages on the channel, one JSON object per line. Runner → job process:
+MSG_JOB = "job"  # {"t": "job", "id", "attempt", "class", "method", "params"}
+# Job process → runner:
+MSG_PROGRESS = "p"  # {"t": "p", "pct", "msg"}
+MSG_OK = "ok"  # {"t": "ok", "result": JSON text or null, "note"?}
+MSG_ERROR = "err"  # {"t": "err", "error", "tb"}
+MSG_REJECTED = "rej"  # {"t": "rej", "error"}
+FINAL_MESSAGES = (MSG_OK, MSG_ERROR, MSG_REJECTED)
+
+#: Environment of a spawned job process: its end of the channel, and how many attempts to run.
+CHANNEL_FD_ENV = "BGJOBS_CHANNEL_FD"
+BUDGET_ENV = "BGJOBS_PROCESS_BUDGET"
+PARENT_ENV = "BGJOBS_PARENT_PID"
 
 _PR_SET_PDEATHSIG = 1
 
 
-@dataclass
-class _Context:
+@dataclass(frozen=True)
+class Work:
+    """One attempt to run: what the runner sends, and all a job process needs to know."""
+
     job_id: int
     attempt: int
-    fd: int
+    class_name: str
+    method_name: str
+    params_json: str
 
-
-_context: _Context | None = None
-
-
-class CurrentJob:
-    """`flask_bgjobs.current_job`: the job this process is running.
-
-    Outside a job, every attribute raises `RuntimeError`, as Flask's proxies do.
-    """
-
-    def _ctx(self) -> _Context:
-        if _context is None:
-            raise RuntimeError(
-                "Working outside of a background job: current_job is only set inside a job "
-                "run by flask-bgjobs."
-            )
-        return _context
-
-    @property
-    def id(self) -> int:
-        """The job's id."""
-        return self._ctx().job_id
-
-    @property
-    def attempt(self) -> int:
-        """The number of this attempt, 1 for the first run."""
-        return self._ctx().attempt
-
-    def progress(self, percent: float, message: str = "") -> None:
-        """Report progress (0–100) with an optional message; it updates the record and log."""
-        ctx = self._ctx()
-        if isinstance(percent, bool) or not isinstance(percent, (int, float)):
-            raise TypeError("percent must be a number from 0 to 100")
-        if not 0 <= percent <= 100:
-            raise ValueError(f"percent must be from 0 to 100, got {percent!r}")
-        _send(
-            ctx.fd,
-            {"t": MSG_PROGRESS, "pct": float(percent), "msg": str(message)[:MAX_PROGRESS_MESSAGE]},
+    def message(self) -> bytes:
+        """The channel message that hands this attempt to a waiting job process."""
+        data = {
+            "t": MSG_JOB,
+            "id": self.job_id,
+            "attempt": self.attempt,
+            "class": self.class_name,
+            "method": self.method_name,
+            "params": self.params_json,
+        }
+        return (json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n").encode(
+            "utf-8", "surrogatepass"
         )
 
-    def __bool__(self) -> bool:
-        return _context is not None
-
-    def __repr__(self) -> str:
-        if _context is None:
-            return "<current_job: none>"
-        return f"<current_job {_context.job_id} attempt {_context.attempt}>"
-
-
-current_job = CurrentJob()
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Work:
+        """The attempt a ``job`` message describes."""
+        return cls(
+            int(message["id"]),
+            int(message["attempt"]),
+            str(message["class"]),
+            str(message["method"]),
+            str(message["params"]),
+        )
 
 
 def _send(fd: int, message: dict[str, Any]) -> None:
@@ -119,8 +109,8 @@ def _load_prctl() -> Callable[..., int] | None:
 _prctl = _load_prctl()
 
 
-# Delivered to the attempt's process when its runner dies. Not SIGKILL: its handler takes the
-# attempt's whole process group down, so nothing the job started runs on while it is rerun.
+# Delivered to the job process when its runner dies. Not SIGKILL: its handler takes the
+# process group down, so nothing the job started runs on while the job is rerun.
 _DEATH_SIGNAL = getattr(signal, "SIGRTMIN", signal.SIGTERM) + 1
 
 
@@ -135,58 +125,116 @@ def _set_parent_death_signal() -> None:
         _prctl(_PR_SET_PDEATHSIG, _DEATH_SIGNAL, 0, 0, 0)
 
 
-def child_main(
+class _Channel:
+    """The job process's end of the channel: blocking reads of whole lines."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = b""
+
+    def send(self, message: dict[str, Any]) -> None:
+        _send(self.fd, message)
+
+    def next_work(self) -> Work | None:
+        """The next attempt to run; ``None`` when the runner closed the channel."""
+        while b"\n" not in self._buffer:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except InterruptedError:
+                continue
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        message = json.loads(line.decode("utf-8", "surrogatepass"))
+        return Work.from_message(message) if message.get("t") == MSG_JOB else None
+
+
+def serve(
     app: Flask,
-    job: Job,
     fd: int,
+    first: Work | None,
     *,
+    budget: int,
     allowlist: security.Allowlist,
     max_params_bytes: int,
     parent_pid: int,
-    after_fork: Callable[[], None],
+    after_fork: Callable[[], None] = lambda: None,
 ) -> NoReturn:
-    """Run one attempt of `job` in this freshly forked process, report on `fd`, and exit."""
-    global _context
+    """Run attempts in this job process until `budget` ran or the runner closes the channel.
+
+    `first` is the attempt a forked process starts with (a spawned one reads every attempt
+    from the channel). Never returns: the process leaves with ``os._exit``, so no atexit
+    handler or finaliser of the runner runs here.
+    """
     code = 0
+    channel = _Channel(fd)
     try:
         # Our own process group: a timeout or cancel kills the job and everything it forked.
-        os.setpgid(0, 0)
+        with contextlib.suppress(OSError):  # a spawned process may already lead its group
+            os.setpgid(0, 0)
         _set_parent_death_signal()
         if os.getppid() != parent_pid:  # the runner died before prctl took effect
             os._exit(1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
-        # The runner's objects came across the fork: freeze them so this child's garbage
+        # The runner's objects came across the fork: freeze them so this process's garbage
         # collector never walks (and copies) every inherited page.
         gc.freeze()
         after_fork()
-        _context = _Context(job.id, job.attempts, fd)
-        with app.app_context():
-            _run(job, fd, allowlist, max_params_bytes)
-    except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
+        work = first
+        for _ in range(max(1, budget)):
+            if work is None:
+                work = channel.next_work()
+                if work is None:
+                    break
+            with app.app_context():
+                _attempt(work, channel, allowlist, max_params_bytes)
+            _flush_streams()
+            work = None
+    except BaseException as exc:  # noqa: BLE001 - nothing may escape a job process
         code = 70
-        try:  # say why, if the pipe still works: "exit code 70" alone helps nobody
-            _send(fd, {"t": MSG_ERROR, "error": _error_text(exc), "tb": traceback.format_exc()})
+        try:  # say why, if the channel still works: "exit code 70" alone helps nobody
+            channel.send({"t": MSG_ERROR, "error": _error_text(exc), "tb": traceback.format_exc()})
         except BaseException:  # noqa: BLE001
             pass
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # noqa: BLE001
-                pass
-        # Never run the parent's atexit handlers or finalisers in the child.
+        _flush_streams()
         os._exit(code)
 
 
-def _run(job: Job, fd: int, allowlist: security.Allowlist, max_params_bytes: int) -> None:
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _attempt(
+    work: Work, channel: _Channel, allowlist: security.Allowlist, max_params_bytes: int
+) -> None:
+    """Run one attempt and send its final message."""
+
+    def report(percent: float, message: str) -> None:
+        channel.send({"t": MSG_PROGRESS, "pct": percent, "msg": message})
+
+    with current.running(current.JobContext(work.job_id, work.attempt, report)):
+        channel.send(run_attempt(work, allowlist, max_params_bytes))
+
+
+def run_attempt(work: Work, allowlist: security.Allowlist, max_params_bytes: int) -> dict[str, Any]:
+    """Resolve and call the job's target; return the final message describing how it went.
+
+    Checks the allowlist and the params again first (the stored row may have been edited):
+    a refused job is never imported or run.
+    """
     try:
-        params = security.decode_params(job.params_json, max_params_bytes)
-        target = security.resolve(job.class_name, job.method_name, allowlist)
+        params = security.decode_params(work.params_json, max_params_bytes)
+        target = security.resolve(work.class_name, work.method_name, allowlist)
     except BgJobsError as exc:
-        _send(fd, {"t": MSG_REJECTED, "error": f"{type(exc).__name__}: {exc}"})
-        return
+        return {"t": MSG_REJECTED, "error": _error_text(exc)}
     try:
         result = target(*params) if isinstance(params, list) else target(**params)
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the attempt too
@@ -195,20 +243,37 @@ def _run(job: Job, fd: int, allowlist: security.Allowlist, max_params_bytes: int
         tb = "".join(traceback.format_exception(type(exc), exc, frames))
         if len(tb) > MAX_TRACEBACK:
             tb = "…\n" + tb[-MAX_TRACEBACK:]
-        _send(fd, {"t": MSG_ERROR, "error": _error_text(exc), "tb": tb})
-        return
+        return {"t": MSG_ERROR, "error": _error_text(exc), "tb": tb}
     message: dict[str, Any] = {"t": MSG_OK, "result": None}
     if result is not None:
-        try:
-            encoded = json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError, RecursionError) as exc:
-            message["note"] = f"return value not stored: not JSON-serialisable ({exc})"
+        encoded = encode_result(result, max_params_bytes)
+        if isinstance(encoded, Note):
+            message["note"] = encoded.text
         else:
-            if len(encoded.encode("utf-8", "surrogatepass")) > max_params_bytes:
-                message["note"] = "return value not stored: larger than BGJOBS_MAX_PARAMS_BYTES"
-            else:
-                message["result"] = encoded
-    _send(fd, message)
+            message["result"] = encoded
+    return message
+
+
+@dataclass(frozen=True)
+class Note:
+    """Why a return value was not stored."""
+
+    text: str
+
+
+def encode_result(result: object, max_bytes: int) -> str | Note:
+    """The strict JSON text of a return value, or a `Note` saying why it is not stored."""
+    try:
+        encoded = json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return Note(f"return value not stored: not JSON-serialisable ({_shorten(str(exc))})")
+    if len(encoded.encode("utf-8", "surrogatepass")) > max_bytes:
+        return Note("return value not stored: larger than BGJOBS_MAX_PARAMS_BYTES")
+    return encoded
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _error_text(exc: BaseException) -> str:
@@ -217,4 +282,44 @@ def _error_text(exc: BaseException) -> str:
     except Exception:  # noqa: BLE001
         text = "<str() failed>"
     name = type(exc).__name__
-    return f"{name}: {text}" if text else name
+    text = f"{name}: {text}" if text else name
+    if len(text) > MAX_ERROR:
+        text = text[:MAX_ERROR] + f"… [{len(text) - MAX_ERROR} characters cut]"
+    return text
+
+
+def main() -> None:
+    """Entry point of a spawned job process: load the app, then serve its channel."""
+    from flask.cli import ScriptInfo
+
+    from flask_bgjobs.state import get_state
+
+    fd = int(os.environ.pop(CHANNEL_FD_ENV))
+    budget = int(os.environ.pop(BUDGET_ENV, "1"))
+    parent = int(os.environ.pop(PARENT_ENV, str(os.getppid())))
+    try:
+        app = ScriptInfo(app_import_path=os.environ.get("BGJOBS_APP") or None).load_app()
+        state = get_state(app)
+    except BaseException as exc:  # noqa: BLE001 - the attempt fails, saying why
+        _send(
+            fd,
+            {
+                "t": MSG_ERROR,
+                "error": f"could not load the app: {_error_text(exc)}",
+                "tb": traceback.format_exc(),
+            },
+        )
+        os._exit(70)
+    serve(
+        app,
+        fd,
+        None,
+        budget=budget,
+        allowlist=state.allowlist,
+        max_params_bytes=state.settings.max_params_bytes,
+        parent_pid=parent,
+    )
+
+
+if __name__ == "__main__":
+    main()
