@@ -25,6 +25,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 #: Environment variable through which an auto-started runner receives its locked descriptor.
 LOCK_FD_ENV = "BGJOBS_RUNNER_LOCK_FD"
 #: ... and the error log, so it can report an app that fails to load (it has no config then).
@@ -64,8 +66,26 @@ def runner_command() -> list[str]:
 
 
 def key_for(database_uri: str) -> str:
-    """A short stable name for one database, so two apps on one host never share a runner."""
-    return hashlib.sha1(database_uri.encode("utf-8")).hexdigest()[:12]
+    """A short stable name for one database, so two apps on one host never share a runner.
+
+    It names the lock file, which anyone who can list the run folder sees, so no secret goes
+    into the hash: a hash over a password lets anyone test password guesses offline. An SQLite
+    database is named by the real path of its file (every spelling of one file agrees), any
+    other by its URL without the password (nor a password given as a query parameter). Web
+    workers, runners and the CLI of one app compute it alike from the same configuration.
+    """
+    url = make_url(database_uri)
+    if url.get_backend_name() == "sqlite":
+        path = url.database or ""
+        # sqlite:///file:path?uri=true names the same file as sqlite:///path (see config).
+        if str(url.query.get("uri", "")).lower() in ("true", "1") and path.startswith("file:"):
+            path = path[len("file:") :]
+        identity = "sqlite:" + os.path.realpath(path)
+    else:
+        # Built field by field so that no password can slip in whatever the URL looks like.
+        query = sorted((k, str(v)) for k, v in url.query.items() if "pass" not in k.lower())
+        identity = repr((url.drivername, url.username, url.host, url.port, url.database, query))
+    return hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
 class Launcher:
