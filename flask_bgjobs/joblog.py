@@ -48,7 +48,10 @@ _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _LINE = re.compile(r"\[([0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2})\] ([A-Z]+): ?(.*)")
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
-_FILE_MODE = 0o644
+# Log lines carry job names, errors and tracebacks: a file we create is for the app's user
+# alone (the umask can only narrow it). An existing file keeps its mode: logrotate's `create`
+# line or an operator's chmod (a log shipper's group, say) is a choice to respect.
+_FILE_MODE = 0o600
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -168,7 +171,7 @@ def _append(path: str, data: bytes) -> bool:
 
     The file is opened per call so that a rotated file (renamed away by logrotate) is replaced
     by a fresh one on the next write, and ``O_APPEND`` makes each call one atomic append even
-    when several processes share the file.
+    when several processes share the file. A new file is created ``0600``.
     """
     try:
         try:

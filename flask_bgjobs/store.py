@@ -248,6 +248,25 @@ def _busy(exc: BaseException) -> DatabaseBusy | None:
     return None
 
 
+def _create_private(path: str) -> None:
+    """Create a missing SQLite file 0600: job data is nobody else's to read.
+
+    SQLite gives its -wal and -shm files the mode of the database file. ``O_EXCL`` never
+    follows a planted symlink and never changes an existing file.
+    """
+    if not path or path == ":memory:":
+        return
+    if path.startswith("file:"):  # sqlite:///file:…?uri=true, as config allows
+        path = path[len("file:") :].split("?", 1)[0]
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # sqlite3 reports a folder that cannot be written to better than we would
+    os.close(fd)
+
+
 def _sqlite_setup(conn: sqlite3.Connection) -> None:
     """Per-connection SQLite settings, for SQLAlchemy's connections and the raw one alike."""
     # Transactions are ours to open (BEGIN or BEGIN IMMEDIATE), never the sqlite3 module's.
@@ -265,6 +284,7 @@ class _RawSqlite:
 
     def __init__(self, uri: str) -> None:
         path = sa.engine.make_url(uri).database or ""
+        _create_private(path)
         self.conn = sqlite3.connect(
             path, timeout=SQLITE_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
@@ -465,6 +485,7 @@ class Store:
         path = sa.engine.make_url(self.uri).database
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            _create_private(path)
         engine = sa.create_engine(
             self.uri,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},

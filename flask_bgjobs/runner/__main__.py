@@ -42,8 +42,11 @@ def _report_crash(message: str) -> None:
     text = f"{joblog.timestamp()} ERROR: Runner {message}\n{traceback.format_exc()}"
     if path:
         try:
-            with open(path, "a", encoding="utf-8") as fh:
-                fh.write(text)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, text.encode("utf-8", "replace"))
+            finally:
+                os.close(fd)
             return
         except OSError:
             pass

@@ -34,10 +34,15 @@ class Health:
             self._last_report = now
             self._log.write_error(
                 f"Runner {security.printable(self._runner_id)}: database error during {what}; "
-                f"will retry. Error: {joblog.error_text(exc)}"
+                f"will retry. Error: {_first_line(joblog.error_text(exc))}"
             )
         return now + RETRY
 
     def ok(self) -> None:
         """Note a database call that worked."""
         self.failing_since = None
+
+
+def _first_line(text: str) -> str:
+    # A driver's DETAIL lines may quote row values (job text): the first line says enough.
+    return text.strip().split("\n", 1)[0][:500]

@@ -81,16 +81,10 @@ class Wakeups:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        if self._sock is not None:
-            unbind = getattr(self.launcher, "unbind", None)
-            if unbind is not None:
-                unbind(self._sock, self._sock_path)
-            else:
-                if self._sock_path:
-                    with contextlib.suppress(OSError):
-                        os.unlink(self._sock_path)
-                self._sock.close()
-            self._sock = None
+        if self._sock is not None and self._sock_path is not None:
+            # Removed only from the folder bind() checked, through a descriptor of it.
+            self.launcher.unbind(self._sock, self._sock_path)
+        self._sock = None
         self._close_listener()
         for fd in (self._sig_r, self._sig_w):
             with contextlib.suppress(OSError):

@@ -6,9 +6,11 @@ import calendar
 import multiprocessing
 import os
 import re
+import stat
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -271,6 +273,35 @@ def test_missing_parent_directory_is_created(tmp_path: Path) -> None:
     assert log.write_error("oops", now=AT_12_30_00)
     assert read(log.main_path) == "[2026-11-21 12:30:00] INFO: hello\n"
     assert read(log.error_path) == "[2026-11-21 12:30:00] ERROR: oops\n"
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """The default umask of most systems, under which files are created 0644 unless asked."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+@pytest.mark.usefixtures("usual_umask")
+@pytest.mark.parametrize("rotated", [False, True])
+def test_log_files_are_created_readable_by_their_owner_only(log: JobLog, rotated: bool) -> None:
+    # Job names, errors and tracebacks are not for every account on the machine.
+    if rotated:
+        assert log.info("before") and log.write_error("before")
+        os.rename(log.main_path, log.main_path + ".1")
+        os.rename(log.error_path, log.error_path + ".1")
+    assert log.info("hello") and log.write_error("oops")
+    assert stat.S_IMODE(os.stat(log.main_path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(log.error_path).st_mode) == 0o600
+
+
+@pytest.mark.usefixtures("usual_umask")
+def test_an_existing_log_file_keeps_the_mode_it_was_given(log: JobLog) -> None:
+    # logrotate's `create 0640 app adm`, or an operator's chmod, is a choice to respect.
+    Path(log.main_path).touch(mode=0o640)
+    assert log.info("hello")
+    assert stat.S_IMODE(os.stat(log.main_path).st_mode) == 0o640
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")

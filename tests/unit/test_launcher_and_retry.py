@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,52 @@ def test_runner_command_line_carries_no_job_data() -> None:
 def test_each_database_gets_its_own_runner_key() -> None:
     assert launcher.key_for("sqlite:////a.db") != launcher.key_for("sqlite:////b.db")
     assert launcher.key_for("sqlite:////a.db") == launcher.key_for("sqlite:////a.db")
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        "postgresql+psycopg://app:pw@db2.internal/app",
+        "postgresql+psycopg://app:pw@db.internal:5433/app",
+        "postgresql+psycopg://reports:pw@db.internal/app",
+        "postgresql+psycopg://app:pw@db.internal/other",
+        "postgresql+psycopg://app:pw@/app?host=/run/postgresql",
+    ],
+)
+def test_another_server_user_or_database_gets_another_runner_key(other: str) -> None:
+    assert launcher.key_for("postgresql+psycopg://app:pw@db.internal/app") != launcher.key_for(
+        other
+    )
+
+
+@pytest.mark.parametrize(
+    "same",
+    [
+        "postgresql+psycopg://app:another-password@db.internal/app",
+        "postgresql+psycopg://app@db.internal/app",
+        "postgresql+psycopg://app@db.internal/app?password=s3cret",
+    ],
+)
+def test_the_runner_key_leaves_the_database_password_out(same: str) -> None:
+    # The key names a world-listable lock file: a hash over the password would let anyone
+    # on the host test password guesses offline.
+    assert launcher.key_for("postgresql+psycopg://app:s3cret@db.internal/app") == launcher.key_for(
+        same
+    )
+
+
+def test_every_spelling_of_one_sqlite_file_gets_the_same_runner_key(tmp_path: Path) -> None:
+    real = tmp_path / "data"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    spellings = [
+        f"sqlite:///{real}/jobs.db",
+        f"sqlite:///{tmp_path}/link/jobs.db",
+        f"sqlite:///{real}/../data/./jobs.db",
+        f"sqlite:///file:{real}/jobs.db?uri=true",
+    ]
+    assert len({launcher.key_for(uri) for uri in spellings}) == 1
+    assert launcher.key_for(f"sqlite:///{real}/other.db") != launcher.key_for(spellings[0])
 
 
 def test_socket_folder_moves_to_the_temp_folder_when_the_instance_path_is_too_long() -> None:
