@@ -232,6 +232,19 @@ class _LongInt:
         self.digits = digits
 
 
+class _DuplicateKey:
+    """Stands in for a JSON object that repeats a key, so the walker can name its path.
+
+    ``json.loads`` would silently keep the last value: the text would say one thing and the
+    job receive another.
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
 def _render_path(path: _Path) -> str:
     parts: list[str] = []
     while path is not None:
@@ -303,6 +316,11 @@ def _check_scalar(value: object, path: _Path) -> int:
             f"an integer with {value.digits} digits cannot be read back "
             f"(the limit is {_MAX_INT_DIGITS})",
         )
+    if type(value) is _DuplicateKey:
+        _fail(
+            (path, value.key),
+            "this key appears more than once in its object; JSON would keep only the last value",
+        )
     if type(value) is tuple:
         _fail(path, "tuple is not allowed, use a list")
     name = printable(type(value).__qualname__)
@@ -363,6 +381,8 @@ def _check_tree(root: object, max_bytes: int) -> None:
 
 
 def _check_root(params: object) -> None:
+    if type(params) is _DuplicateKey:
+        _check_scalar(params, None)
     if type(params) is tuple:
         raise InvalidJob("params: tuple is not allowed, use a list")
     if type(params) not in (list, dict):
@@ -395,6 +415,17 @@ def _parse_int(digits: str) -> int | _LongInt:
     return int(digits)
 
 
+def _parse_object(pairs: list[tuple[str, object]]) -> dict[str, object] | _DuplicateKey:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):  # rare: only then look for the key that repeats
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                return _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def _parse_constant(name: str) -> float:
     # Hand NaN and Infinity to the walker, which rejects them with the path where they appear.
     return float(name)
@@ -411,7 +442,12 @@ def decode_params(text: str, max_bytes: int) -> list[object] | dict[str, object]
     if size > max_bytes:
         _too_large(size, max_bytes, at_least=False, of=_TEXT)
     try:
-        params = json.loads(text, parse_int=_parse_int, parse_constant=_parse_constant)
+        params = json.loads(
+            text,
+            parse_int=_parse_int,
+            parse_constant=_parse_constant,
+            object_pairs_hook=_parse_object,
+        )
     except json.JSONDecodeError as exc:
         raise InvalidJob(
             f"params are not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"

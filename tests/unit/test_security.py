@@ -698,8 +698,27 @@ def test_decode_refuses_a_value_that_is_not_text() -> None:
         decode_params(b"[]", LIMIT)  # type: ignore[arg-type]
 
 
-def test_decode_keeps_the_last_of_duplicate_keys() -> None:
-    assert decode_params('{"a": 1, "a": 2}', LIMIT) == {"a": 2}
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ('{"a": 1, "a": 2}', 'params["a"]'),
+        ('{"a": 1, "b": 2, "a": 1}', 'params["a"]'),
+        ('[1, {"x": {"k": [], "k": []}}]', 'params[1]["x"]["k"]'),
+        ('{"\\u0061": 1, "a": 2}', 'params["a"]'),  # the same key, spelled with an escape
+        ('{"\\u001b[2J": 1, "\\u001b[2J": 2}', 'params["\\u001b[2J"]'),
+    ],
+)
+def test_decode_refuses_duplicate_keys_naming_the_path(text: str, path: str) -> None:
+    # json.loads would keep the last value: the text says one thing, the job gets another.
+    with pytest.raises(InvalidJob) as caught:
+        decode_params(text, LIMIT)
+    assert str(caught.value).startswith(f"{path}: this key appears more than once")
+    assert_safe_message(str(caught.value))
+
+
+def test_decode_accepts_the_same_key_in_different_objects() -> None:
+    text = '[{"a": 1}, {"a": 2, "b": {"a": 3}}]'
+    assert decode_params(text, LIMIT) == [{"a": 1}, {"a": 2, "b": {"a": 3}}]
 
 
 def test_decode_accepts_what_a_user_types() -> None:
