@@ -12,6 +12,7 @@ import inspect
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType
 from typing import Final, Literal, NoReturn, TypeAlias
@@ -25,6 +26,7 @@ __all__ = [
     "Allowlist",
     "check_names",
     "decode_params",
+    "decode_result",
     "display_name",
     "encode_params",
     "printable",
@@ -215,8 +217,9 @@ class Allowlist:
 # --- params ---------------------------------------------------------------------------------
 
 _Key: TypeAlias = "int | str"
-# A path is built as a chain of (parent, key) cells and only rendered when there is an error.
-_Path: TypeAlias = "tuple[_Path, _Key] | None"
+# A path is built as a chain of (parent, key) cells and only rendered when there is an error;
+# the chain ends in the name of what is checked ("params" or "result").
+_Path: TypeAlias = "tuple[_Path, _Key] | str"
 
 
 _COMPACT: Final = "as compact JSON"
@@ -247,7 +250,7 @@ class _DuplicateKey:
 
 def _render_path(path: _Path) -> str:
     parts: list[str] = []
-    while path is not None:
+    while not isinstance(path, str):
         path, key = path
         if isinstance(key, int):
             parts.append(f"[{key}]")
@@ -260,7 +263,7 @@ def _render_path(path: _Path) -> str:
     if len(parts) > 12:
         # A 64-deep path is noise; its ends say where to look.
         parts = [*parts[:4], "...", *parts[-6:]]
-    return printable("params" + "".join(parts))
+    return printable(path + "".join(parts))
 
 
 def _fail(path: _Path, message: str) -> NoReturn:
@@ -332,7 +335,7 @@ def _check_scalar(value: object, path: _Path) -> int:
     _fail(path, f"{name} is not a JSON value" + (f"; {hint}" if hint else ""))
 
 
-def _check_tree(root: object, max_bytes: int) -> None:
+def _check_tree(root: object, max_bytes: int, what: str = "params") -> None:
     """Check that ``root`` is strict JSON; iterative, so deep nesting cannot overflow the stack.
 
     Keeps a running lower bound of the encoded size so huge params are refused early.
@@ -340,7 +343,8 @@ def _check_tree(root: object, max_bytes: int) -> None:
     # One frame per open container: its (key, value) pairs, its path, its depth, is it a dict.
     frames: list[tuple[Iterator[tuple[_Key, object]], _Path, int, bool]] = []
     size = 0
-    value, path, depth = root, None, 0
+    path: _Path = what
+    value, depth = root, 0
     while True:
         if type(value) is list or type(value) is dict:
             depth += 1
@@ -382,7 +386,7 @@ def _check_tree(root: object, max_bytes: int) -> None:
 
 def _check_root(params: object) -> None:
     if type(params) is _DuplicateKey:
-        _check_scalar(params, None)
+        _check_scalar(params, "params")
     if type(params) is tuple:
         raise InvalidJob("params: tuple is not allowed, use a list")
     if type(params) not in (list, dict):
@@ -431,34 +435,58 @@ def _parse_constant(name: str) -> float:
     return float(name)
 
 
-def decode_params(text: str, max_bytes: int) -> list[object] | dict[str, object]:
-    """Parse stored or typed params JSON, refusing anything `encode_params` would refuse."""
-    if type(text) is not str:
-        raise InvalidJob(f"params JSON must be a str, not {type(text).__name__}")
-    # Each char is at least one byte: a long text is refused without encoding it.
-    if len(text) > max_bytes:
-        _too_large(len(text), max_bytes, at_least=True, of=_TEXT)
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > max_bytes:
-        _too_large(size, max_bytes, at_least=False, of=_TEXT)
+def _loads(text: str, what: str, invalid: str) -> object:
+    """``json.loads`` with the hooks above; every failure becomes an `InvalidJob`."""
     try:
-        params = json.loads(
+        return json.loads(
             text,
             parse_int=_parse_int,
             parse_constant=_parse_constant,
             object_pairs_hook=_parse_object,
         )
     except json.JSONDecodeError as exc:
-        raise InvalidJob(
-            f"params are not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
-        ) from exc
+        raise InvalidJob(f"{invalid}: {exc.msg} (line {exc.lineno}, column {exc.colno})") from exc
     except RecursionError as exc:
-        raise InvalidJob(f"params: nested deeper than {MAX_DEPTH} levels") from exc
+        raise InvalidJob(f"{what}: nested deeper than {MAX_DEPTH} levels") from exc
     except ValueError as exc:
-        raise InvalidJob(f"params are not valid JSON: {printable(str(exc))}") from exc
+        raise InvalidJob(f"{invalid}: {printable(str(exc))}") from exc
+
+
+def decode_params(text: str, max_bytes: int | None) -> list[object] | dict[str, object]:
+    """Parse stored or typed params JSON, refusing anything `encode_params` would refuse.
+
+    ``max_bytes`` None means no size limit: for readers of a row already stored, which hold
+    the text anyway and only need to know whether it is strict JSON.
+    """
+    if type(text) is not str:
+        raise InvalidJob(f"params JSON must be a str, not {type(text).__name__}")
+    if max_bytes is None:
+        max_bytes = sys.maxsize
+    else:
+        # Each char is at least one byte: a long text is refused without encoding it.
+        if len(text) > max_bytes:
+            _too_large(len(text), max_bytes, at_least=True, of=_TEXT)
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > max_bytes:
+            _too_large(size, max_bytes, at_least=False, of=_TEXT)
+    params = _loads(text, "params", "params are not valid JSON")
     _check_root(params)
     _check_tree(params, max_bytes)
-    return params  # type: ignore[no-any-return]
+    return params  # type: ignore[return-value]
+
+
+def decode_result(text: str) -> object:
+    """Parse a stored result: any strict JSON value, with the limits params have.
+
+    The dashboard, the JSON API and the CLI read results through this, so a row edited to hold
+    ``[NaN]`` or 100,000 levels of nesting is refused here (`InvalidJob` naming the path as
+    ``result…``) rather than crashing them or producing JSON that is not JSON.
+    """
+    if type(text) is not str:
+        raise InvalidJob(f"result JSON must be a str, not {type(text).__name__}")
+    result = _loads(text, "result", "result is not valid JSON")
+    _check_tree(result, sys.maxsize, "result")
+    return result
 
 
 # --- resolution -----------------------------------------------------------------------------

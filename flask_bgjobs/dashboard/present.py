@@ -18,7 +18,7 @@ from flask import jsonify, render_template, request
 from werkzeug.wrappers import Response
 
 from flask_bgjobs import models
-from flask_bgjobs.models import Event, Job
+from flask_bgjobs.models import Event, Job, Shown
 
 #: Why an attempt ended (`models.END_REASONS`), as the attempts table says it.
 END_REASON_TEXT: dict[str, str] = {
@@ -47,19 +47,27 @@ STATUS_TEXT: dict[str, str] = {
 # -- times ------------------------------------------------------------------------------------
 
 
+def _gmtime(ts: float | None) -> time.struct_time | None:
+    # An edited row may hold NaN, infinity or a year no calendar shows: no time, not a 500.
+    try:
+        return None if ts is None else time.gmtime(ts)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
 def when(ts: float | None) -> str:
-    """``2026-11-21 12:30:05`` (UTC), or an em dash for ``None``."""
-    if ts is None:
-        return "—"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+    """``2026-11-21 12:30:05`` (UTC), or an em dash for ``None`` (or a time that is no time)."""
+    tm = _gmtime(ts)
+    return "—" if tm is None else time.strftime("%Y-%m-%d %H:%M:%S", tm)
 
 
 def clock(ts: float | None) -> str:
     """``12:30:05`` (UTC) for today's events, else the full date and time."""
-    if ts is None:
+    tm = _gmtime(ts)
+    if tm is None:
         return "—"
-    if time.gmtime(ts)[:3] == time.gmtime()[:3]:
-        return time.strftime("%H:%M:%S", time.gmtime(ts))
+    if tm[:3] == time.gmtime()[:3]:
+        return time.strftime("%H:%M:%S", tm)
     return when(ts)
 
 
@@ -85,7 +93,7 @@ def duration(seconds: float | None) -> str:
 
 def ago(ts: float | None, now: float | None = None) -> str:
     """``12 s ago``, ``in 3 min 00 s`` for a future time, or an em dash."""
-    if ts is None:
+    if _gmtime(ts) is None or ts is None:
         return "—"
     delta = (time.time() if now is None else now) - ts
     return f"{duration(delta)} ago" if delta >= 0 else f"in {duration(-delta)}"
@@ -108,6 +116,12 @@ def short_json(value: Any, limit: int = 120) -> str:
     """One-line JSON (strings as they are), cut at `limit` characters."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def json_block(stored: Shown) -> str:
+    """Params or a result for a ``<pre>``: indented JSON, or the stored text when it is not
+    strict JSON (the page says so)."""
+    return pretty_json(stored.value) if stored.decoded else str(stored.value)
 
 
 def split_name(class_name: str) -> tuple[str, str]:
@@ -144,6 +158,11 @@ def job_view(job: Job) -> dict[str, Any]:
             else None
         ),
         has_result=job.result_json is not None,
+        params_text=json_block(job.shown_params),
+        params_decoded=job.shown_params.decoded,
+        result_text=json_block(job.shown_result),
+        result_decoded=job.shown_result.decoded,
+        result_short=short_json(job.shown_result.value, 60),
     )
     return data
 

@@ -27,6 +27,7 @@ from flask_bgjobs.security import (
     Allowlist,
     check_names,
     decode_params,
+    decode_result,
     display_name,
     encode_params,
     printable,
@@ -719,6 +720,43 @@ def test_decode_refuses_duplicate_keys_naming_the_path(text: str, path: str) -> 
 def test_decode_accepts_the_same_key_in_different_objects() -> None:
     text = '[{"a": 1}, {"a": 2, "b": {"a": 3}}]'
     assert decode_params(text, LIMIT) == [{"a": 1}, {"a": 2, "b": {"a": 3}}]
+
+
+# --- stored results: the readers' decoder ---------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, True, 3, -2.5, "text", [], {"a": [1, {"b": None}]}])
+def test_decode_result_reads_any_strict_json_value(value: object) -> None:
+    assert decode_result(json.dumps(value)) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[NaN]", "result[0]: NaN is not allowed"),
+        ("-Infinity", "result: -Infinity is not allowed"),
+        ('{"a": {"b": 1, "b": 2}}', 'result["a"]["b"]: this key appears more than once'),
+        ("[" + "7" * 5000 + "]", "result[0]: an integer with 5000 digits"),
+        ('["\\ud800"]', "result[0]: string contains a lone surrogate"),
+        ("[" * 100_000 + "]" * 100_000, f"result: nested deeper than {MAX_DEPTH} levels"),
+        ("[" * 65 + "]" * 65, f"nested deeper than {MAX_DEPTH} levels"),
+        ("{'a': 1}", "result is not valid JSON"),
+        ("", "result is not valid JSON: Expecting value"),
+    ],
+)
+def test_decode_result_refuses_what_no_reader_could_show(text: str, message: str) -> None:
+    with pytest.raises(InvalidJob) as caught:
+        decode_result(text)
+    assert message in str(caught.value)
+    assert_safe_message(str(caught.value))
+
+
+def test_decode_params_without_a_size_limit_still_refuses_everything_else() -> None:
+    # Readers of stored rows pass None: the text is in memory already, only strictness matters.
+    big = json.dumps(["x" * (2 * LIMIT)])
+    assert decode_params(big, None) == ["x" * (2 * LIMIT)]
+    with pytest.raises(InvalidJob, match=r"params\[0\]: NaN"):
+        decode_params("[NaN]", None)
 
 
 def test_decode_accepts_what_a_user_types() -> None:
