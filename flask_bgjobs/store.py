@@ -131,10 +131,6 @@ def _is_locked(exc: DBAPIError) -> bool:
     )
 
 
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 class Store:
     """Jobs and their events in one SQL database (SQLite or PostgreSQL)."""
 
@@ -706,19 +702,22 @@ class Store:
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[list[Job], int]:
-        """Jobs newest first, filtered by status and a search text; and the total count."""
+        """Jobs newest first, filtered by status and a search text; and the total count.
+
+        The search is case-insensitive and literal (``%`` and ``_`` are plain characters) on
+        every backend.
+        """
         where: list[sa.ColumnElement[bool]] = []
         if status:
             where.append(jobs.c.status == status)
         if q and "::" in q:  # the display form, "pkg.mod.Class::method"
             cls, _, method = q.partition("::")
-            where.append(jobs.c.class_name.like(f"%{_like_escape(cls)}", escape="\\"))
-            where.append(jobs.c.method_name.like(f"{_like_escape(method)}%", escape="\\"))
+            where.append(jobs.c.class_name.iendswith(cls, autoescape=True))
+            where.append(jobs.c.method_name.istartswith(method, autoescape=True))
         elif q:
-            pattern = f"%{_like_escape(q)}%"
             match: list[sa.ColumnElement[bool]] = [
-                jobs.c.class_name.like(pattern, escape="\\"),
-                jobs.c.method_name.like(pattern, escape="\\"),
+                jobs.c.class_name.icontains(q, autoescape=True),
+                jobs.c.method_name.icontains(q, autoescape=True),
             ]
             if q.strip().isdigit() and len(q.strip()) < 18:
                 match.append(jobs.c.id == int(q.strip()))
