@@ -705,8 +705,12 @@ class Store:
         """Jobs newest first, filtered by status and a search text; and the total count.
 
         The search is case-insensitive and literal (``%`` and ``_`` are plain characters) on
-        every backend.
+        every backend. A text no database can store (NUL, which PostgreSQL refuses, or a lone
+        surrogate) can be in no job's name, so it matches nothing rather than failing.
         """
+        # NUL: PostgreSQL refuses it in text, SQLite's LIKE stops at it and matches everything.
+        if q and re.search("[\x00\ud800-\udfff]", q):
+            return [], 0
         where: list[sa.ColumnElement[bool]] = []
         if status:
             where.append(jobs.c.status == status)
@@ -719,8 +723,10 @@ class Store:
                 jobs.c.class_name.icontains(q, autoescape=True),
                 jobs.c.method_name.icontains(q, autoescape=True),
             ]
-            if q.strip().isdigit() and len(q.strip()) < 18:
-                match.append(jobs.c.id == int(q.strip()))
+            # ASCII digits only: "²".isdigit() is true, but int() refuses it.
+            number = q.strip()
+            if number.isascii() and number.isdigit() and len(number) < 18:
+                match.append(jobs.c.id == int(number))
             where.append(sa.or_(*match))
         with self._read() as conn:
             total = conn.execute(

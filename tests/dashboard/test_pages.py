@@ -160,6 +160,22 @@ def test_search_is_case_insensitive_and_literal_the_same_on_both_backends(
     assert found(str(add)) == [add]
 
 
+@pytest.mark.parametrize("q", ["\x00", "gr\x00eet", "\x00" * 200, "²", "١٢", "３"])
+def test_a_search_no_job_name_can_hold_is_an_empty_result_on_both_backends(
+    web: Flask, client: FlaskClient, q: str
+) -> None:
+    # PostgreSQL refuses NUL in text outright: that must not become a 500, nor differ by backend.
+    with web.app_context():
+        run_background_job(J, "greet", {"name": "Ada"}, delay=3600)
+        assert web.extensions["bgjobs"].ext.list_jobs(q=q) == ([], 0)
+    page = client.get(PREFIX + "/jobs", query_string={"q": q})
+    assert page.status_code == 200
+    assert row_ids(text(page)) == []
+    api = client.get(PREFIX + "/api/jobs", query_string={"q": q})
+    assert api.status_code == 200
+    assert api.get_json()["jobs"] == [] and api.get_json()["total"] == 0
+
+
 @sqlite_only
 def test_an_invalid_status_filter_is_a_400_listing_the_allowed_values(
     client: FlaskClient,
