@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType
-from typing import Final, Literal, NoReturn, TypeAlias
+from typing import Final, Literal, NamedTuple, NoReturn, TypeAlias
 
 from flask_bgjobs.errors import InvalidJob, JobNotAllowed
 
@@ -25,6 +25,7 @@ __all__ = [
     "METHOD_NAME_RE",
     "Allowlist",
     "check_names",
+    "check_target",
     "decode_params",
     "decode_result",
     "display_name",
@@ -530,7 +531,11 @@ def _module_function(
     return function
 
 
-def _bound_method(class_name: str, method_name: str, wildcard: bool) -> object:
+def _method_of_class(class_name: str, method_name: str, wildcard: bool) -> type:
+    """Import the class ``class_name`` and check it has a method ``method_name``; return it.
+
+    Nothing of the class runs: the lookup is static, and the class is not instantiated.
+    """
     target = display_name(class_name, method_name)
     parent_name, _, attr = class_name.rpartition(".")
     if not parent_name:
@@ -564,10 +569,14 @@ def _bound_method(class_name: str, method_name: str, wildcard: bool) -> object:
             f"{target} is inherited from the built-in {owner.__qualname__}; "
             "allow it by name, not with '*'"
         )
-    # A property would run its getter below; only plain methods are jobs.
+    # A property would run its getter when looked up on the instance; only methods are jobs.
     if not (callable(static) or isinstance(static, (staticmethod, classmethod))):
         raise InvalidJob(f"{target} is not a method")
+    return cls
 
+
+def _bound_method(cls: type, class_name: str, method_name: str) -> object:
+    """Instantiate ``cls`` with no arguments and return its bound ``method_name``."""
     try:
         instance = cls()
     except Exception as exc:
@@ -577,9 +586,51 @@ def _bound_method(class_name: str, method_name: str, wildcard: bool) -> object:
     try:
         return getattr(instance, method_name)
     except Exception as exc:
+        target = display_name(class_name, method_name)
         raise InvalidJob(
             f"looking up {target} failed: {type(exc).__name__}: {printable(str(exc))}"
         ) from exc
+
+
+class _Found(NamedTuple):
+    """A target found without running the job's code: a module's function, or a class."""
+
+    #: The class to instantiate, or None when the target is a module's function.
+    cls: type | None
+    #: The module's function (None for a class: its method is bound on a fresh instance).
+    function: object
+
+
+def _find(class_name: str, method_name: str, wildcard: bool) -> _Found:
+    """Import the allowed module and look the target up, without instantiating or calling it.
+
+    This is where what ``*`` reaches is decided (not inherited from ``object``, the metaclass
+    or a built-in type; for a module, only functions it defines), for `check_target` at
+    enqueue and for `resolve` in the runner alike.
+    """
+    module = _import(class_name)
+    if module is None:
+        return _Found(_method_of_class(class_name, method_name, wildcard), None)
+    function = _module_function(module, class_name, method_name, wildcard)
+    if not callable(function):
+        raise InvalidJob(f"{display_name(class_name, method_name)} is not callable")
+    return _Found(None, function)
+
+
+def check_target(class_name: object, method_name: object, allowlist: Allowlist) -> None:
+    """Raise unless the runner would accept this target: the check made before storing a job.
+
+    Always the names and the allowlist (`Allowlist.check`), which import nothing. A pair the
+    allowlist names explicitly needs no more: the operator chose it. A pair allowed only by
+    ``*`` is looked up as `resolve` will look it up, so enqueue refuses what the runner would
+    refuse (``mro``, a ``dict`` subclass's ``get``, ``os.system`` imported into an allowed
+    module): that imports the allowed module itself (once per process; nothing else), and
+    neither instantiates nor calls anything.
+    """
+    allowlist.check(class_name, method_name)
+    class_name, method_name = _checked(class_name, method_name)
+    if allowlist._grant(class_name, method_name) == _WILDCARD:
+        _find(class_name, method_name, wildcard=True)
 
 
 def resolve(class_name: str, method_name: str, allowlist: Allowlist) -> Callable[..., object]:
@@ -589,13 +640,15 @@ def resolve(class_name: str, method_name: str, allowlist: Allowlist) -> Callable
     arguments and the bound method returned. Nothing is imported unless the pair is allowed.
     Every failure is an `InvalidJob` (or the `JobNotAllowed` from the allowlist).
     """
-    allowlist.check(class_name, method_name)
-    wildcard = allowlist._grant(class_name, method_name) == _WILDCARD
-    module = _import(class_name)
-    if module is not None:
-        target = _module_function(module, class_name, method_name, wildcard)
+    # The very check enqueue made: what the runner accepts cannot drift from what was stored.
+    check_target(class_name, method_name, allowlist)
+    # For a "*" grant this looks the target up a second time: a dict lookup in sys.modules
+    # and one walk of the class's MRO, nothing beside forking the attempt's process.
+    found = _find(class_name, method_name, allowlist._grant(class_name, method_name) == _WILDCARD)
+    if found.cls is None:
+        target = found.function
     else:
-        target = _bound_method(class_name, method_name, wildcard)
+        target = _bound_method(found.cls, class_name, method_name)
     if not callable(target):
         raise InvalidJob(f"{display_name(class_name, method_name)} is not callable")
     return target

@@ -26,6 +26,7 @@ from flask_bgjobs.security import (
     MAX_DEPTH,
     Allowlist,
     check_names,
+    check_target,
     decode_params,
     decode_result,
     display_name,
@@ -371,11 +372,13 @@ def test_rejects_names_that_escape_the_allowlist_without_importing_anything(
         allowlist.check(class_name, method_name)
     with pytest.raises((InvalidJob, JobNotAllowed)) as resolved:
         resolve(class_name, method_name, allowlist)
+    with pytest.raises((InvalidJob, JobNotAllowed)) as targeted:
+        check_target(class_name, method_name, allowlist)
 
     assert set(sys.modules) == modules_before
     assert imported(canary) == set()
     assert_safe_message(str(checked.value))
-    assert str(resolved.value) == str(checked.value)
+    assert str(resolved.value) == str(checked.value) == str(targeted.value)
 
 
 def test_the_canary_does_report_an_import(canary: Path) -> None:
@@ -500,6 +503,98 @@ def test_errors_raised_by_user_code_are_wrapped_with_their_cause(
     with pytest.raises(InvalidJob, match=re.escape(message)) as caught:
         resolve(class_name, "run", Allowlist({class_name: ["run"]}))
     assert isinstance(caught.value.__cause__, cause)
+
+
+# --- check_target: enqueue refuses what the runner would refuse (issue 12, item 10) ----------
+
+#: Pairs a "*" grant on their class or module does not reach, with what the refusal says.
+WILDCARD_REFUSED = [
+    ("canary_pkg.jobs.Reports", "mro", "has no method 'mro'"),
+    ("canary_pkg.jobs.Reports", "nope", "has no method 'nope'"),
+    ("canary_pkg.jobs.Reports", "total", "is not a method"),
+    ("canary_pkg.jobs.Reports", "label", "is not a method"),
+    ("canary_pkg.jobs.Dynamic", "anything", "has no method 'anything'"),
+    ("canary_pkg.jobs.Registry", "get", "inherited from the built-in dict"),
+    ("canary_pkg.jobs.Registry", "keys", "inherited from the built-in dict"),
+    ("canary_pkg.jobs.Registry", "fromkeys", "inherited from the built-in dict"),
+    ("canary_pkg.jobs", "system", "not defined in canary_pkg.jobs"),
+    ("canary_pkg.jobs", "run", "not defined in canary_pkg.jobs"),
+    ("canary_pkg.jobs", "nope", "has no function 'nope'"),
+    ("canary_pkg.jobs", "CONSTANT", "not defined in canary_pkg.jobs"),
+    ("canary_pkg.jobs.Nope", "run", "has no module or class 'Nope'"),
+    ("canary_pkg.broken", "run", "broken module refuses to import"),
+    ("canary_pkg.missing_dep", "run", "canary_pkg_dependency_that_does_not"),
+]
+
+
+@pytest.mark.parametrize(("class_name", "method_name", "message"), WILDCARD_REFUSED)
+def test_check_target_refuses_what_a_wildcard_does_not_reach_exactly_as_resolve_does(
+    canary: Path, class_name: str, method_name: str, message: str
+) -> None:
+    allowlist = Allowlist({class_name: "*"})
+    with pytest.raises(InvalidJob, match=re.escape(message)) as at_enqueue:
+        check_target(class_name, method_name, allowlist)
+    with pytest.raises(InvalidJob) as at_run_time:
+        resolve(class_name, method_name, allowlist)
+    assert str(at_enqueue.value) == str(at_run_time.value)
+    assert_safe_message(str(at_enqueue.value))
+
+
+@pytest.mark.parametrize(
+    ("class_name", "method_name"),
+    [
+        ("canary_pkg.jobs.Reports", "process"),
+        ("canary_pkg.jobs.Reports", "twice"),
+        ("canary_pkg.jobs.Reports", "kind"),
+        ("canary_pkg.jobs.Child", "process"),
+        ("canary_pkg.jobs.Registry", "lookup"),
+        ("canary_pkg.jobs", "add"),
+        # Instantiating is the job's own code: only the runner does it, in the job's process.
+        ("canary_pkg.jobs.Explodes", "run"),
+        ("canary_pkg.jobs.NeedsArgs", "run"),
+    ],
+)
+def test_check_target_accepts_what_a_wildcard_reaches_without_instantiating_it(
+    canary: Path, class_name: str, method_name: str
+) -> None:
+    check_target(class_name, method_name, Allowlist({class_name: "*"}))
+
+
+def test_check_target_imports_nothing_for_a_pair_allowed_by_name(canary: Path) -> None:
+    # The operator named it: there is nothing left to decide, so the job's module stays out of
+    # the web process, and a name that does not exist is the runner's to report.
+    modules_before = set(sys.modules)
+    check_target("canary_pkg.canary.Canary", "run", Allowlist(CANARY_ALLOWLIST))
+    check_target("canary_pkg.jobs.Reports", "mro", Allowlist({"canary_pkg.jobs.Reports": ["mro"]}))
+    check_target("canary_pkg.broken", "run", Allowlist({"canary_pkg.broken": ["run"]}))
+    assert set(sys.modules) == modules_before
+    assert imported(canary) == set()
+
+
+def test_check_target_imports_only_the_module_a_wildcard_names(canary: Path) -> None:
+    allowlist = Allowlist({"canary_pkg.canary.Canary": "*"})
+    with pytest.raises(InvalidJob, match="has no method 'mro'"):
+        check_target("canary_pkg.canary.Canary", "mro", allowlist)
+    assert imported(canary) == {"canary_pkg", "canary_pkg.canary"}
+    check_target("canary_pkg.canary.Canary", "run", allowlist)
+
+
+@pytest.mark.parametrize(
+    ("class_name", "method_name", "error"),
+    [
+        ("os", "system", JobNotAllowed),
+        ("canary_pkg.jobs.Reports", "_private", InvalidJob),
+        ("canary_pkg.jobs.Reports", "__class__", InvalidJob),
+        ("canary_pkg.jobs.Reports ", "process", InvalidJob),
+        (None, "process", InvalidJob),
+    ],
+)
+def test_check_target_checks_names_and_the_allowlist_first(
+    canary: Path, class_name: object, method_name: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        check_target(class_name, method_name, Allowlist({"canary_pkg.jobs.Reports": "*"}))
+    assert imported(canary) == set()
 
 
 # --- params: encoding (FAULTS 19, 20) -----------------------------------------------------
