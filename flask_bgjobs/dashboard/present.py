@@ -93,7 +93,7 @@ def duration(seconds: float | None) -> str:
 
 def ago(ts: float | None, now: float | None = None) -> str:
     """``12 s ago``, ``in 3 min 00 s`` for a future time, or an em dash."""
-    if _gmtime(ts) is None or ts is None:
+    if ts is None or _gmtime(ts) is None:
         return "—"
     delta = (time.time() if now is None else now) - ts
     return f"{duration(delta)} ago" if delta >= 0 else f"in {duration(-delta)}"
@@ -119,13 +119,13 @@ def shown_lines(value: object) -> str:
     return "\n".join(shown(line) for line in (models.text_of(value) or "").split("\n"))
 
 
-def _shown_or_none(value: object) -> object:
-    return shown(value) if isinstance(value, (str, bytes)) else value
+def _shown_if_text(value: object) -> object:
+    return shown(value) if isinstance(value, str) else value
 
 
 def pretty_json(value: Any) -> str:
-    """Indented JSON for a ``<pre>``; the caller's template escapes it."""
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+    """Indented JSON for a ``<pre>``, escaped like `shown_lines`; the template escapes HTML."""
+    return shown_lines(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
 
 
 def short_json(value: Any, limit: int = 120) -> str:
@@ -138,7 +138,7 @@ def short_json(value: Any, limit: int = 120) -> str:
 def json_block(stored: Shown) -> str:
     """Params or a result for a ``<pre>``: indented JSON, or the stored text when it is not
     strict JSON (the page says so); escaped like `shown_lines` either way."""
-    return shown_lines(pretty_json(stored.value) if stored.decoded else stored.value)
+    return pretty_json(stored.value) if stored.decoded else shown_lines(stored.value)
 
 
 def split_name(class_name: str) -> tuple[str, str]:
@@ -153,8 +153,8 @@ def job_view(job: Job) -> dict[str, Any]:
     Every text in it is already passed through `shown` (or `shown_lines`), so a template can
     print any of it: the row may have been edited to hold anything.
     """
-    data = {key: _shown_or_none(value) for key, value in job.to_dict().items()}
-    end_reason = _shown_or_none(job.end_reason)
+    data = {key: _shown_if_text(value) for key, value in job.to_dict().items()}
+    end_reason = _shown_if_text(job.end_reason)
     data.update(
         name=shown(job.name),
         module=split_name(shown(job.class_name))[0],
