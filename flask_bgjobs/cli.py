@@ -25,6 +25,8 @@ _MAX_ERROR_CHARS = 500
 #: Ids are 64-bit on every backend: a larger number is a typo, not a job to look up.
 _MAX_ID = 2**63 - 1
 _JOB_ID = click.IntRange(min=1, max=_MAX_ID)
+#: Said after params or a result shown as stored because they are not strict JSON.
+_NOT_JSON = "  (stored text, not strict JSON: shown as stored)"
 
 
 class _OneLineUsageError(click.UsageError):
@@ -77,7 +79,10 @@ def _when(ts: float | None) -> str:
     """Epoch seconds as ``YYYY-MM-DD HH:MM:SS`` UTC, the format of the log files."""
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):  # an edited row: NaN, infinity...
+        return "-"
 
 
 bgjobs_cli = _Group(
@@ -223,14 +228,15 @@ def list_command(status: str | None, limit: int, as_json: bool) -> None:
     if not jobs:
         click.echo("no jobs" + (f" with status {status}" if status else ""))
         return
+    p = security.printable
     rows = [
         (
             str(j.id),
-            j.status,
-            str(j.priority),
-            f"{j.attempts}/{j.max_attempts}",
+            p(str(j.status)),
+            p(str(j.priority)),
+            p(f"{j.attempts}/{j.max_attempts}"),
             _when(j.created_at),
-            security.printable(j.name),
+            p(j.name),
         )
         for j in jobs
     ]
@@ -289,21 +295,28 @@ def _print_job(job: Job) -> None:
     field("runner_id", job.runner_id)
     field("pid", job.pid)
     field("end_reason", job.end_reason)
-    click.echo(f"{'params:':<18}{p(json.dumps(data['params'], ensure_ascii=False))}")
+    # Params or a result that are not strict JSON (an edited row) show as their stored text, cut.
+    params = job.shown_params
+    if params.decoded:
+        click.echo(f"{'params:':<18}{p(json.dumps(params.value, ensure_ascii=False))}")
+    else:
+        click.echo(f"{'params:':<18}{p(params.value)}{_NOT_JSON}")
     if job.result_json is not None:
-        click.echo(f"{'result:':<18}{p(job.result_json)}")
+        result = job.shown_result
+        text = models.text_of(job.result_json) if result.decoded else result.value
+        click.echo(f"{'result:':<18}{p(text or '')}{'' if result.decoded else _NOT_JSON}")
     if job.error:
-        click.echo(f"{'error:':<18}{p(job.error)}")
+        click.echo(f"{'error:':<18}{p(str(job.error))}")
     if job.log_incomplete:
         click.echo(f"{'log:':<18}incomplete (some log lines could not be written)")
     if job.events:
         click.echo("events:")
         for e in job.events:
             attempt = f"attempt {e.attempt}" if e.attempt else ""
-            click.echo(f"  {_when(e.at)}  {e.kind:<13}  {attempt:<10}  {p(e.message)}")
+            click.echo(f"  {_when(e.at)}  {p(str(e.kind)):<13}  {attempt:<10}  {p(str(e.message))}")
     if job.traceback:
         click.echo("traceback:")
-        for line in job.traceback.rstrip("\n").split("\n"):
+        for line in str(job.traceback).rstrip("\n").split("\n"):
             click.echo("  " + p(line))
 
 
@@ -387,7 +400,7 @@ def stats_command(as_json: bool) -> None:
         click.echo(json.dumps(stats, indent=2))
         return
     for status, n in stats["counts"].items():
-        click.echo(f"{status + ':':<11}{n}")
+        click.echo(f"{security.printable(str(status)) + ':':<11}{n}")
     ok = sum(b["succeeded"] for b in stats["throughput"])
     bad = sum(b["failed"] for b in stats["throughput"])
     click.echo(f"last hour: {ok} attempt(s) succeeded, {bad} failed")

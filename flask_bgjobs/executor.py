@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from flask_bgjobs import current, security
-from flask_bgjobs.errors import BgJobsError
+from flask_bgjobs.errors import BgJobsError, InvalidJob
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -265,6 +265,9 @@ def encode_result(result: object, max_bytes: int) -> str | Note:
     """The strict JSON text of a return value, or a `Note` saying why it is not stored."""
     try:
         encoded = json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        security.decode_result(encoded)  # what is stored, every reader can read back
+    except InvalidJob as exc:  # before ValueError: InvalidJob is a ValueError
+        return Note(f"return value not stored: {_shorten(str(exc))}")
     except (TypeError, ValueError, RecursionError) as exc:
         return Note(f"return value not stored: not JSON-serialisable ({_shorten(str(exc))})")
     if len(encoded.encode("utf-8", "surrogatepass")) > max_bytes:

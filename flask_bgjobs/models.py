@@ -6,13 +6,17 @@ same way and tests can age a lease with one ``UPDATE``; they are shown as ISO 86
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
+
+from flask_bgjobs import security
+from flask_bgjobs.errors import InvalidJob
 
 #: Waiting for its first run (new, manually retried, or returned by a shutdown).
 PENDING = "pending"
@@ -146,11 +150,52 @@ events = sa.Table(
 sa.Index("ix_bgjobs_events_job", events.c.job_id, events.c.id)
 
 
+#: How much of a stored params or result text that is not strict JSON readers show: enough to
+#: recognise it, never megabytes (the row may have been edited to anything).
+RAW_SHOWN_CHARS = 4096
+
+
 def iso(ts: float | None) -> str | None:
-    """Format epoch seconds as ISO 8601 UTC, or pass ``None`` through."""
+    """Format epoch seconds as ISO 8601 UTC; ``None`` for ``None`` or a time no date can show.
+
+    An edited row may hold NaN, infinity or a year past 9999 (PostgreSQL stores them all):
+    readers show "no time" rather than failing.
+    """
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    try:
+        when = datetime.fromtimestamp(ts, tz=timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def finite(value: float | None) -> float | None:
+    """``value`` when it is a finite number, else ``None`` (JSON has no NaN or Infinity)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return value
+    return None
+
+
+def text_of(value: object) -> str | None:
+    """A stored text column as ``str`` (``None`` stays ``None``).
+
+    SQLite keeps whatever type an edit wrote, so a text column may hand back bytes or a
+    number; readers show it as text rather than failing on it.
+    """
+    if value is None or type(value) is str:
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def raw_text(value: object) -> str:
+    """Stored text as it is, cut to `RAW_SHOWN_CHARS` (with a note saying how long it was)."""
+    text = text_of(value) or ""
+    if len(text) <= RAW_SHOWN_CHARS:
+        return text
+    return f"{text[:RAW_SHOWN_CHARS]}… (cut: {len(text)} characters in all)"
 
 
 @dataclass(frozen=True)
@@ -166,10 +211,20 @@ class Event:
         """The JSON shape of SPEC §9: ``{at, kind, message, attempt}``."""
         return {
             "at": iso(self.at),
-            "kind": self.kind,
-            "message": self.message,
+            "kind": text_of(self.kind),
+            "message": text_of(self.message),
             "attempt": self.attempt,
         }
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A stored JSON text as readers show it (decoded once per `Job`, then shared)."""
+
+    #: The decoded value when `decoded`, else the stored text cut to `RAW_SHOWN_CHARS`.
+    value: Any
+    #: False when the stored text is not strict JSON within the limits (an edited row).
+    decoded: bool
 
 
 @dataclass(frozen=True)
@@ -242,13 +297,37 @@ class Job:
 
     @property
     def params(self) -> Any:
-        """The decoded params: a list (positional) or a dict (keyword arguments)."""
-        return json.loads(self.params_json)
+        """The decoded params: a list (positional) or a dict (keyword arguments).
+
+        Raises `InvalidJob` when the stored text is not strict JSON (an edited row), with the
+        checks the runner applies before a call, size aside.
+        """
+        return security.decode_params(self.params_json, None)
 
     @property
     def result(self) -> Any:
-        """The decoded return value of the successful attempt, or ``None``."""
-        return None if self.result_json is None else json.loads(self.result_json)
+        """The decoded return value of the successful attempt, or ``None``.
+
+        Raises `InvalidJob` when the stored text is not strict JSON within the limits params
+        have (an edited row: ``[NaN]``, 100,000 levels of nesting...).
+        """
+        return None if self.result_json is None else security.decode_result(self.result_json)
+
+    @cached_property
+    def shown_params(self) -> Shown:
+        """The params as readers show them: decoded, or the stored text when that fails."""
+        try:
+            return Shown(self.params, True)
+        except InvalidJob:
+            return Shown(raw_text(self.params_json), False)
+
+    @cached_property
+    def shown_result(self) -> Shown:
+        """The result as readers show it: decoded (``None`` when there is none), or raw text."""
+        try:
+            return Shown(self.result, True)
+        except InvalidJob:
+            return Shown(raw_text(self.result_json), False)
 
     @property
     def is_finished(self) -> bool:
@@ -261,20 +340,14 @@ class Job:
         The traceback, timeout and end reason stay off it: the contract fixes the keys. Pages
         and ``flask bgjobs show`` read them from the `Job` itself.
         """
-        try:
-            params: Any = self.params
-        except ValueError:  # an edited row: show it, don't crash the view
-            params = self.params_json
-        try:
-            result: Any = self.result
-        except ValueError:
-            result = self.result_json
+        # Whatever the row holds, this is JSON (no NaN) that every reader can print: params or
+        # a result that is not strict JSON come as their stored text, cut.
         data: dict[str, Any] = {
             "id": self.id,
-            "class_name": self.class_name,
-            "method_name": self.method_name,
-            "params": params,
-            "status": self.status,
+            "class_name": text_of(self.class_name),
+            "method_name": text_of(self.method_name),
+            "params": self.shown_params.value,
+            "status": text_of(self.status),
             "priority": self.priority,
             "attempts": self.attempts,
             "max_attempts": self.max_attempts,
@@ -282,11 +355,11 @@ class Job:
             "created_at": iso(self.created_at),
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
-            "progress": self.progress,
-            "progress_message": self.progress_message,
-            "result": result,
-            "error": self.error,
-            "runner_id": self.runner_id,
+            "progress": finite(self.progress),
+            "progress_message": text_of(self.progress_message),
+            "result": self.shown_result.value,
+            "error": text_of(self.error),
+            "runner_id": text_of(self.runner_id),
             "pid": self.pid,
         }
         if self.events is not None:

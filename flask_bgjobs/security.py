@@ -12,9 +12,10 @@ import inspect
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType
-from typing import Final, Literal, NoReturn, TypeAlias
+from typing import Final, Literal, NamedTuple, NoReturn, TypeAlias
 
 from flask_bgjobs.errors import InvalidJob, JobNotAllowed
 
@@ -24,7 +25,9 @@ __all__ = [
     "METHOD_NAME_RE",
     "Allowlist",
     "check_names",
+    "check_target",
     "decode_params",
+    "decode_result",
     "display_name",
     "encode_params",
     "printable",
@@ -215,8 +218,9 @@ class Allowlist:
 # --- params ---------------------------------------------------------------------------------
 
 _Key: TypeAlias = "int | str"
-# A path is built as a chain of (parent, key) cells and only rendered when there is an error.
-_Path: TypeAlias = "tuple[_Path, _Key] | None"
+# A path is built as a chain of (parent, key) cells and only rendered when there is an error;
+# the chain ends in the name of what is checked ("params" or "result").
+_Path: TypeAlias = "tuple[_Path, _Key] | str"
 
 
 _COMPACT: Final = "as compact JSON"
@@ -232,9 +236,22 @@ class _LongInt:
         self.digits = digits
 
 
+class _DuplicateKey:
+    """Stands in for a JSON object that repeats a key, so the walker can name its path.
+
+    ``json.loads`` would silently keep the last value: the text would say one thing and the
+    job receive another.
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
 def _render_path(path: _Path) -> str:
     parts: list[str] = []
-    while path is not None:
+    while not isinstance(path, str):
         path, key = path
         if isinstance(key, int):
             parts.append(f"[{key}]")
@@ -247,7 +264,7 @@ def _render_path(path: _Path) -> str:
     if len(parts) > 12:
         # A 64-deep path is noise; its ends say where to look.
         parts = [*parts[:4], "...", *parts[-6:]]
-    return printable("params" + "".join(parts))
+    return printable(path + "".join(parts))
 
 
 def _fail(path: _Path, message: str) -> NoReturn:
@@ -303,6 +320,11 @@ def _check_scalar(value: object, path: _Path) -> int:
             f"an integer with {value.digits} digits cannot be read back "
             f"(the limit is {_MAX_INT_DIGITS})",
         )
+    if type(value) is _DuplicateKey:
+        _fail(
+            (path, value.key),
+            "this key appears more than once in its object; JSON would keep only the last value",
+        )
     if type(value) is tuple:
         _fail(path, "tuple is not allowed, use a list")
     name = printable(type(value).__qualname__)
@@ -314,7 +336,7 @@ def _check_scalar(value: object, path: _Path) -> int:
     _fail(path, f"{name} is not a JSON value" + (f"; {hint}" if hint else ""))
 
 
-def _check_tree(root: object, max_bytes: int) -> None:
+def _check_tree(root: object, max_bytes: int, what: str = "params") -> None:
     """Check that ``root`` is strict JSON; iterative, so deep nesting cannot overflow the stack.
 
     Keeps a running lower bound of the encoded size so huge params are refused early.
@@ -322,7 +344,8 @@ def _check_tree(root: object, max_bytes: int) -> None:
     # One frame per open container: its (key, value) pairs, its path, its depth, is it a dict.
     frames: list[tuple[Iterator[tuple[_Key, object]], _Path, int, bool]] = []
     size = 0
-    value, path, depth = root, None, 0
+    path: _Path = what
+    value, depth = root, 0
     while True:
         if type(value) is list or type(value) is dict:
             depth += 1
@@ -363,6 +386,8 @@ def _check_tree(root: object, max_bytes: int) -> None:
 
 
 def _check_root(params: object) -> None:
+    if type(params) is _DuplicateKey:
+        _check_scalar(params, "params")
     if type(params) is tuple:
         raise InvalidJob("params: tuple is not allowed, use a list")
     if type(params) not in (list, dict):
@@ -395,34 +420,74 @@ def _parse_int(digits: str) -> int | _LongInt:
     return int(digits)
 
 
+def _parse_object(pairs: list[tuple[str, object]]) -> dict[str, object] | _DuplicateKey:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):  # rare: only then look for the key that repeats
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                return _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def _parse_constant(name: str) -> float:
     # Hand NaN and Infinity to the walker, which rejects them with the path where they appear.
     return float(name)
 
 
-def decode_params(text: str, max_bytes: int) -> list[object] | dict[str, object]:
-    """Parse stored or typed params JSON, refusing anything `encode_params` would refuse."""
+def _loads(text: str, what: str, invalid: str) -> object:
+    """``json.loads`` with the hooks above; every failure becomes an `InvalidJob`."""
+    try:
+        return json.loads(
+            text,
+            parse_int=_parse_int,
+            parse_constant=_parse_constant,
+            object_pairs_hook=_parse_object,
+        )
+    except json.JSONDecodeError as exc:
+        raise InvalidJob(f"{invalid}: {exc.msg} (line {exc.lineno}, column {exc.colno})") from exc
+    except RecursionError as exc:
+        raise InvalidJob(f"{what}: nested deeper than {MAX_DEPTH} levels") from exc
+    except ValueError as exc:
+        raise InvalidJob(f"{invalid}: {printable(str(exc))}") from exc
+
+
+def decode_params(text: str, max_bytes: int | None) -> list[object] | dict[str, object]:
+    """Parse stored or typed params JSON, refusing anything `encode_params` would refuse.
+
+    ``max_bytes`` None means no size limit: for readers of a row already stored, which hold
+    the text anyway and only need to know whether it is strict JSON.
+    """
     if type(text) is not str:
         raise InvalidJob(f"params JSON must be a str, not {type(text).__name__}")
-    # Each char is at least one byte: a long text is refused without encoding it.
-    if len(text) > max_bytes:
-        _too_large(len(text), max_bytes, at_least=True, of=_TEXT)
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > max_bytes:
-        _too_large(size, max_bytes, at_least=False, of=_TEXT)
-    try:
-        params = json.loads(text, parse_int=_parse_int, parse_constant=_parse_constant)
-    except json.JSONDecodeError as exc:
-        raise InvalidJob(
-            f"params are not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
-        ) from exc
-    except RecursionError as exc:
-        raise InvalidJob(f"params: nested deeper than {MAX_DEPTH} levels") from exc
-    except ValueError as exc:
-        raise InvalidJob(f"params are not valid JSON: {printable(str(exc))}") from exc
+    if max_bytes is None:
+        max_bytes = sys.maxsize
+    else:
+        # Each char is at least one byte: a long text is refused without encoding it.
+        if len(text) > max_bytes:
+            _too_large(len(text), max_bytes, at_least=True, of=_TEXT)
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > max_bytes:
+            _too_large(size, max_bytes, at_least=False, of=_TEXT)
+    params = _loads(text, "params", "params are not valid JSON")
     _check_root(params)
     _check_tree(params, max_bytes)
-    return params  # type: ignore[no-any-return]
+    return params  # type: ignore[return-value]
+
+
+def decode_result(text: str) -> object:
+    """Parse a stored result: any strict JSON value, with the limits params have.
+
+    The dashboard, the JSON API and the CLI read results through this, so a row edited to hold
+    ``[NaN]`` or 100,000 levels of nesting is refused here (`InvalidJob` naming the path as
+    ``result…``) rather than crashing them or producing JSON that is not JSON.
+    """
+    if type(text) is not str:
+        raise InvalidJob(f"result JSON must be a str, not {type(text).__name__}")
+    result = _loads(text, "result", "result is not valid JSON")
+    _check_tree(result, sys.maxsize, "result")
+    return result
 
 
 # --- resolution -----------------------------------------------------------------------------
@@ -466,7 +531,11 @@ def _module_function(
     return function
 
 
-def _bound_method(class_name: str, method_name: str, wildcard: bool) -> object:
+def _method_of_class(class_name: str, method_name: str, wildcard: bool) -> type:
+    """Import the class ``class_name`` and check it has a method ``method_name``; return it.
+
+    Nothing of the class runs: the lookup is static, and the class is not instantiated.
+    """
     target = display_name(class_name, method_name)
     parent_name, _, attr = class_name.rpartition(".")
     if not parent_name:
@@ -500,10 +569,14 @@ def _bound_method(class_name: str, method_name: str, wildcard: bool) -> object:
             f"{target} is inherited from the built-in {owner.__qualname__}; "
             "allow it by name, not with '*'"
         )
-    # A property would run its getter below; only plain methods are jobs.
+    # A property would run its getter when looked up on the instance; only methods are jobs.
     if not (callable(static) or isinstance(static, (staticmethod, classmethod))):
         raise InvalidJob(f"{target} is not a method")
+    return cls
 
+
+def _bound_method(cls: type, class_name: str, method_name: str) -> object:
+    """Instantiate ``cls`` with no arguments and return its bound ``method_name``."""
     try:
         instance = cls()
     except Exception as exc:
@@ -513,9 +586,51 @@ def _bound_method(class_name: str, method_name: str, wildcard: bool) -> object:
     try:
         return getattr(instance, method_name)
     except Exception as exc:
+        target = display_name(class_name, method_name)
         raise InvalidJob(
             f"looking up {target} failed: {type(exc).__name__}: {printable(str(exc))}"
         ) from exc
+
+
+class _Found(NamedTuple):
+    """A target found without running the job's code: a module's function, or a class."""
+
+    #: The class to instantiate, or None when the target is a module's function.
+    cls: type | None
+    #: The module's function (None for a class: its method is bound on a fresh instance).
+    function: object
+
+
+def _find(class_name: str, method_name: str, wildcard: bool) -> _Found:
+    """Import the allowed module and look the target up, without instantiating or calling it.
+
+    This is where what ``*`` reaches is decided (not inherited from ``object``, the metaclass
+    or a built-in type; for a module, only functions it defines), for `check_target` at
+    enqueue and for `resolve` in the runner alike.
+    """
+    module = _import(class_name)
+    if module is None:
+        return _Found(_method_of_class(class_name, method_name, wildcard), None)
+    function = _module_function(module, class_name, method_name, wildcard)
+    if not callable(function):
+        raise InvalidJob(f"{display_name(class_name, method_name)} is not callable")
+    return _Found(None, function)
+
+
+def check_target(class_name: object, method_name: object, allowlist: Allowlist) -> None:
+    """Raise unless the runner would accept this target: the check made before storing a job.
+
+    Always the names and the allowlist (`Allowlist.check`), which import nothing. A pair the
+    allowlist names explicitly needs no more: the operator chose it. A pair allowed only by
+    ``*`` is looked up as `resolve` will look it up, so enqueue refuses what the runner would
+    refuse (``mro``, a ``dict`` subclass's ``get``, ``os.system`` imported into an allowed
+    module): that imports the allowed module itself (once per process; nothing else), and
+    neither instantiates nor calls anything.
+    """
+    allowlist.check(class_name, method_name)
+    class_name, method_name = _checked(class_name, method_name)
+    if allowlist._grant(class_name, method_name) == _WILDCARD:
+        _find(class_name, method_name, wildcard=True)
 
 
 def resolve(class_name: str, method_name: str, allowlist: Allowlist) -> Callable[..., object]:
@@ -525,13 +640,15 @@ def resolve(class_name: str, method_name: str, allowlist: Allowlist) -> Callable
     arguments and the bound method returned. Nothing is imported unless the pair is allowed.
     Every failure is an `InvalidJob` (or the `JobNotAllowed` from the allowlist).
     """
-    allowlist.check(class_name, method_name)
-    wildcard = allowlist._grant(class_name, method_name) == _WILDCARD
-    module = _import(class_name)
-    if module is not None:
-        target = _module_function(module, class_name, method_name, wildcard)
+    # The very check enqueue made: what the runner accepts cannot drift from what was stored.
+    check_target(class_name, method_name, allowlist)
+    # For a "*" grant this looks the target up a second time: a dict lookup in sys.modules
+    # and one walk of the class's MRO, nothing beside forking the attempt's process.
+    found = _find(class_name, method_name, allowlist._grant(class_name, method_name) == _WILDCARD)
+    if found.cls is None:
+        target = found.function
     else:
-        target = _bound_method(class_name, method_name, wildcard)
+        target = _bound_method(found.cls, class_name, method_name)
     if not callable(target):
         raise InvalidJob(f"{display_name(class_name, method_name)} is not callable")
     return target

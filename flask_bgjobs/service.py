@@ -46,7 +46,8 @@ def enqueue(
     """
     s = state.settings
     try:
-        state.allowlist.check(class_name, method_name)
+        # Names and allowlist; for a "*" grant, the runner's own lookup (security.resolve).
+        security.check_target(class_name, method_name, state.allowlist)
         params_json = security.encode_params(params, s.max_params_bytes)
         retries = count("retry_attempts", retry_attempts, s.default_retry_attempts)
         wait = seconds("delay", delay, s.default_delay)
@@ -154,7 +155,7 @@ def seconds(name: str, value: object, default: float) -> float:
 
 def _recheck(state: AppState) -> Callable[[Job], None]:
     def check(job: Job) -> None:
-        state.allowlist.check(job.class_name, job.method_name)
+        security.check_target(job.class_name, job.method_name, state.allowlist)
         security.decode_params(job.params_json, state.settings.max_params_bytes)
 
     return check

@@ -1056,16 +1056,17 @@ class Store:
     ) -> tuple[list[Job], int]:
         """Jobs newest first, filtered by status and a search text; and the total count.
 
-        The search is case-insensitive on both backends: a job id, a part of the class or
-        method name, or the display form ``pkg.mod.Class::method``.
+        The search is case-insensitive and literal (``%`` and ``_`` are plain characters) on
+        every backend. A text no database can store (NUL, which PostgreSQL refuses, or a lone
+        surrogate) can be in no job's name, so it matches nothing rather than failing.
         """
+        # NUL: PostgreSQL refuses it in text, SQLite's LIKE stops at it and matches everything.
+        if q and _UNSTORABLE.search(q):
+            return [], 0
         where: list[sa.ColumnElement[bool]] = []
         if status:
             where.append(jobs.c.status == status)
-        if q is not None and _UNSTORABLE.search(q):
-            # No stored name can hold these characters (and PostgreSQL refuses them in a query).
-            where.append(sa.false())
-        elif q and "::" in q:  # the display form, "pkg.mod.Class::method"
+        if q and "::" in q:  # the display form, "pkg.mod.Class::method"
             cls, _, method = q.partition("::")
             where.append(jobs.c.class_name.iendswith(cls, autoescape=True))
             where.append(jobs.c.method_name.istartswith(method, autoescape=True))
@@ -1074,8 +1075,10 @@ class Store:
                 jobs.c.class_name.icontains(q, autoescape=True),
                 jobs.c.method_name.icontains(q, autoescape=True),
             ]
-            if q.strip().isdigit() and len(q.strip()) < 18:
-                match.append(jobs.c.id == int(q.strip()))
+            # ASCII digits only: "²".isdigit() is true, but int() refuses it.
+            number = q.strip()
+            if number.isascii() and number.isdigit() and len(number) < 18:
+                match.append(jobs.c.id == int(number))
             where.append(sa.or_(*match))
         with self._read() as conn:
             total = conn.execute(

@@ -17,8 +17,8 @@ from typing import Any
 from flask import jsonify, render_template, request
 from werkzeug.wrappers import Response
 
-from flask_bgjobs import models
-from flask_bgjobs.models import Event, Job
+from flask_bgjobs import models, security
+from flask_bgjobs.models import Event, Job, Shown
 
 #: Why an attempt ended (`models.END_REASONS`), as the attempts table says it.
 END_REASON_TEXT: dict[str, str] = {
@@ -47,19 +47,27 @@ STATUS_TEXT: dict[str, str] = {
 # -- times ------------------------------------------------------------------------------------
 
 
+def _gmtime(ts: float | None) -> time.struct_time | None:
+    # An edited row may hold NaN, infinity or a year no calendar shows: no time, not a 500.
+    try:
+        return None if ts is None else time.gmtime(ts)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
 def when(ts: float | None) -> str:
-    """``2026-11-21 12:30:05`` (UTC), or an em dash for ``None``."""
-    if ts is None:
-        return "—"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+    """``2026-11-21 12:30:05`` (UTC), or an em dash for ``None`` (or a time that is no time)."""
+    tm = _gmtime(ts)
+    return "—" if tm is None else time.strftime("%Y-%m-%d %H:%M:%S", tm)
 
 
 def clock(ts: float | None) -> str:
     """``12:30:05`` (UTC) for today's events, else the full date and time."""
-    if ts is None:
+    tm = _gmtime(ts)
+    if tm is None:
         return "—"
-    if time.gmtime(ts)[:3] == time.gmtime()[:3]:
-        return time.strftime("%H:%M:%S", time.gmtime(ts))
+    if tm[:3] == time.gmtime()[:3]:
+        return time.strftime("%H:%M:%S", tm)
     return when(ts)
 
 
@@ -85,7 +93,7 @@ def duration(seconds: float | None) -> str:
 
 def ago(ts: float | None, now: float | None = None) -> str:
     """``12 s ago``, ``in 3 min 00 s`` for a future time, or an em dash."""
-    if ts is None:
+    if ts is None or _gmtime(ts) is None:
         return "—"
     delta = (time.time() if now is None else now) - ts
     return f"{duration(delta)} ago" if delta >= 0 else f"in {duration(-delta)}"
@@ -99,15 +107,38 @@ def iso(ts: float | None) -> str:
 # -- values -----------------------------------------------------------------------------------
 
 
+def shown(value: object) -> str:
+    """Stored text for one line of a page: control, bidi and line-breaking characters become
+    visible escapes (``\\x1b``, ``\\u2028``), as in the logs and the CLI. Jinja escapes the rest.
+    """
+    return security.printable(models.text_of(value) or "")
+
+
+def shown_lines(value: object) -> str:
+    """Like `shown`, but line feeds stay line feeds: for tracebacks and JSON in a ``<pre>``."""
+    return "\n".join(shown(line) for line in (models.text_of(value) or "").split("\n"))
+
+
+def _shown_if_text(value: object) -> object:
+    return shown(value) if isinstance(value, str) else value
+
+
 def pretty_json(value: Any) -> str:
-    """Indented JSON for a ``<pre>``; the caller's template escapes it."""
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+    """Indented JSON for a ``<pre>``, escaped like `shown_lines`; the template escapes HTML."""
+    return shown_lines(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False))
 
 
 def short_json(value: Any, limit: int = 120) -> str:
-    """One-line JSON (strings as they are), cut at `limit` characters."""
+    """One-line JSON (strings as they are), cut at `limit` characters; escaped like `shown`."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = shown(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def json_block(stored: Shown) -> str:
+    """Params or a result for a ``<pre>``: indented JSON, or the stored text when it is not
+    strict JSON (the page says so); escaped like `shown_lines` either way."""
+    return pretty_json(stored.value) if stored.decoded else shown_lines(stored.value)
 
 
 def split_name(class_name: str) -> tuple[str, str]:
@@ -117,15 +148,20 @@ def split_name(class_name: str) -> tuple[str, str]:
 
 
 def job_view(job: Job) -> dict[str, Any]:
-    """The job's §9 JSON plus what only pages show (traceback, end reason, timeout...)."""
-    data = job.to_dict()
+    """The job's §9 JSON plus what only pages show (traceback, end reason, timeout...).
+
+    Every text in it is already passed through `shown` (or `shown_lines`), so a template can
+    print any of it: the row may have been edited to hold anything.
+    """
+    data = {key: _shown_if_text(value) for key, value in job.to_dict().items()}
+    end_reason = _shown_if_text(job.end_reason)
     data.update(
-        name=job.name,
-        module=split_name(job.class_name)[0],
-        short_class=split_name(job.class_name)[1],
-        traceback=job.traceback,
-        end_reason=job.end_reason,
-        end_reason_text=END_REASON_TEXT.get(job.end_reason or "", job.end_reason),
+        name=shown(job.name),
+        module=split_name(shown(job.class_name))[0],
+        short_class=split_name(shown(job.class_name))[1],
+        traceback=None if job.traceback is None else shown_lines(job.traceback),
+        end_reason=end_reason,
+        end_reason_text=END_REASON_TEXT.get(job.end_reason or "", end_reason),
         timeout=job.timeout,
         delay=job.delay,
         log_incomplete=job.log_incomplete,
@@ -144,6 +180,11 @@ def job_view(job: Job) -> dict[str, Any]:
             else None
         ),
         has_result=job.result_json is not None,
+        params_text=json_block(job.shown_params),
+        params_decoded=job.shown_params.decoded,
+        result_text=json_block(job.shown_result),
+        result_decoded=job.shown_result.decoded,
+        result_short=short_json(job.shown_result.value, 60),
     )
     return data
 
@@ -203,7 +244,7 @@ def attempts(events: Sequence[Event]) -> list[AttemptRow]:
         if ev.kind == "retry":
             retried_at = ev.at if rows else None
         elif ev.kind == "started" and ev.attempt is not None:
-            runner = ev.message.removeprefix("started on ")
+            runner = shown(ev.message).removeprefix("started on ")
             rows.append(AttemptRow(ev.attempt, ev.at, runner, retried_at=retried_at))
             retried_at = None
         elif ev.kind == "progress":
@@ -214,7 +255,7 @@ def attempts(events: Sequence[Event]) -> list[AttemptRow]:
         elif ev.kind in models.END_REASONS:
             for row in reversed(rows):
                 if row.number == ev.attempt and row.reason is None:
-                    row.ended_at, row.reason, row.message = ev.at, ev.kind, ev.message
+                    row.ended_at, row.reason, row.message = ev.at, ev.kind, shown(ev.message)
                     break
     return rows
 
@@ -232,9 +273,9 @@ def timeline(events: Iterable[Event]) -> list[TimelineRow]:
         ):
             last.folded += 1
             last.first_at = last.first_at if last.first_at is not None else last.at
-            last.at, last.message = ev.at, ev.message
+            last.at, last.message = ev.at, shown(ev.message)
             continue
-        rows.append(TimelineRow(ev.at, ev.kind, ev.message, ev.attempt))
+        rows.append(TimelineRow(ev.at, shown(ev.kind), shown(ev.message), ev.attempt))
     return rows
 
 

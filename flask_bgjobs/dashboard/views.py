@@ -92,7 +92,9 @@ def job_detail(job_id: int) -> str:
     created = present.TimelineRow(
         job.created_at,
         "created",
-        f"enqueued with priority {job.priority}, at most {job.max_attempts} attempt(s)",
+        present.shown(
+            f"enqueued with priority {job.priority}, at most {job.max_attempts} attempt(s)"
+        ),
         None,
     )
     return render_template(
@@ -133,10 +135,10 @@ def retry(job_id: int) -> Response:
     """Make a failed or cancelled job pending again (the allowlist is checked again)."""
     try:
         job = service.retry(state(), job_id)
-    except InvalidTransition as exc:
-        flash(f"Not retried: {exc}.", "error")
+    except InvalidTransition as exc:  # names the job's stored status, which may be anything
+        flash(present.shown(f"Not retried: {exc}."), "error")
     except (JobNotAllowed, InvalidJob) as exc:
-        flash(f"Not retried: {type(exc).__name__}: {exc}", "error")
+        flash(present.shown(f"Not retried: {type(exc).__name__}: {exc}"), "error")
     else:
         flash(f"Job {job.id} is pending again, with {job.max_attempts} fresh attempt(s).", "ok")
     return redirect(url_for("bgjobs.job", job_id=job_id), code=303)
@@ -147,7 +149,7 @@ def cancel(job_id: int) -> Response:
     try:
         job = service.cancel(state(), job_id)
     except InvalidTransition as exc:
-        flash(f"Not cancelled: {exc}.", "error")
+        flash(present.shown(f"Not cancelled: {exc}."), "error")
     else:
         flash(f"Job {job.id} cancelled.", "ok")
     return redirect(url_for("bgjobs.job", job_id=job_id), code=303)

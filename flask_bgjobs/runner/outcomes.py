@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask_bgjobs import joblog, models
-from flask_bgjobs.errors import DatabaseBusy
+from flask_bgjobs import joblog, models, security
+from flask_bgjobs.errors import DatabaseBusy, InvalidJob
 from flask_bgjobs.executor import MSG_ERROR, MSG_OK, MSG_PROGRESS, MSG_REJECTED
 from flask_bgjobs.models import Job
 from flask_bgjobs.runner.health import Health
@@ -35,8 +35,6 @@ KILLED_SHUTDOWN = "shutdown"
 #: Cancelled, or taken back by another runner: nothing is recorded, the row is not ours.
 KILLED_LOST = "lost"
 
-#: Deepest nesting accepted in a result a job process reports.
-MAX_RESULT_DEPTH = 64
 #: How long the pid of a started attempt may wait for an outcome batch to ride along with.
 PID_DELAY = 0.1
 #: After this many failed writes of one outcome, it is written without the job's texts.
@@ -95,28 +93,15 @@ def _text(value: object, limit: int) -> str:
 
 
 def _result_problem(result: object, max_bytes: int) -> str | None:
-    """Why a reported result cannot be stored, or ``None`` if it is strict JSON within limits."""
+    """Why a reported result cannot be stored, or ``None``: the executor's own rule again."""
     if not isinstance(result, str):
         return "not JSON text"
     if len(result.encode("utf-8", "surrogatepass")) > max_bytes:
         return "larger than BGJOBS_MAX_PARAMS_BYTES"
-
-    def refuse(name: str) -> float:
-        raise ValueError(f"{name} is not JSON")
-
     try:
-        value = json.loads(result, parse_constant=refuse)
-    except (ValueError, RecursionError):
-        return "not strict JSON"
-    # Iterative, so a deep value costs a loop, not the stack.
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (list, dict)):
-            if depth > MAX_RESULT_DEPTH:
-                return f"nested deeper than {MAX_RESULT_DEPTH} levels"
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
+        security.decode_result(result)  # what is stored, every reader can read back
+    except InvalidJob as exc:
+        return _text(str(exc), 300)
     return None
 
 

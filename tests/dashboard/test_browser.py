@@ -26,10 +26,11 @@ from typing import Any
 
 import jobapp
 import pytest
+import sqlalchemy as sa
 from conftest import ROOT, Env, wait_for
 from flask import Flask
 
-from flask_bgjobs import run_background_job
+from flask_bgjobs import models, run_background_job
 
 from .conftest import PREFIX, J, S
 
@@ -438,6 +439,78 @@ def test_follow_the_log_as_jobs_run(env: Env, web: Flask, watched: Watched) -> N
 
     page.click("nav.tabs a:has-text('Error log')")
     page.wait_for_url("**log=errors**")
+
+
+def test_live_refresh_shows_control_characters_as_visible_escapes(
+    web: Flask, watched: Watched
+) -> None:
+    # Rows written with SQL, as a job's progress() or an edit could leave them; no worker runs,
+    # so nothing but the pages' live refresh changes what the browser shows.
+    page = watched.page
+    esc = "\x1b[31m\x07\x9b\u2028\x85"
+    shown = "\\x1b[31m\\x07\\x9b\\u2028\\x85"
+    with web.app_context():
+        web.extensions["bgjobs"].ext.init_db()
+    now = time.time()
+    common = {
+        "params": "[]",
+        "priority": 1,
+        "attempts": 1,
+        "max_attempts": 1,
+        "run_at": now,
+        "created_at": now,
+        "started_at": now,
+    }
+    page.goto(PREFIX + "/")
+    page.wait_for_function("() => document.querySelector('[data-live-text]')?.textContent")
+    with web.extensions["bgjobs"].store.engine.begin() as conn:
+        running = conn.execute(
+            sa.insert(models.jobs)
+            .values(
+                **common,
+                class_name=f"jobapp.jobs.Cls{esc}",
+                method_name=f"meth{esc}",
+                status="running",
+                progress=30.0,
+                progress_message=f"step{esc}",
+                runner_id=f"host{esc}",
+            )
+            .returning(models.jobs.c.id)
+        ).scalar_one()
+        conn.execute(
+            sa.insert(models.jobs).values(
+                **common,
+                class_name=J,
+                method_name="fail",
+                status="failed",
+                finished_at=now,
+                error=f"ValueError: bad{esc}",
+            )
+        )
+
+    row = f"tr[data-job-id='{running}']"
+    page.wait_for_selector(row)  # arrives by live refresh, built by the script
+    page.wait_for_function(
+        "t => document.querySelector('[data-failures]').textContent.includes(t)",
+        arg=f"ValueError: bad{shown}",
+    )
+    text = page.inner_text(row)
+    for expected in (f"Cls{shown}", f"meth{shown}", f"step{shown}", f"host{shown}"):
+        assert expected in text, (expected, text)
+    assert not any(c in text for c in "\x1b\x07\x9b\u2028\x85"), text
+
+    page.goto(PREFIX + f"/jobs/{running}")
+    assert f"step{shown}" in page.inner_text("[data-field=progress_message]")
+    with web.extensions["bgjobs"].store.engine.begin() as conn:
+        conn.execute(
+            sa.update(models.jobs)
+            .where(models.jobs.c.id == running)
+            .values(progress=60.0, progress_message=f"next{esc}")
+        )
+    page.wait_for_function(
+        "t => document.querySelector('[data-field=progress_message]').textContent === t",
+        arg=f"next{shown}",
+    )
 
 
 def test_pages_fit_a_phone_screen_without_sideways_scrolling(

@@ -126,6 +126,57 @@ def test_job_list_is_newest_first_and_filters_by_status_and_search(
     assert "No jobs match “no-such-thing”." in html
 
 
+def test_search_is_case_insensitive_and_literal_the_same_on_both_backends(
+    web: Flask, client: FlaskClient
+) -> None:
+    with web.app_context():
+        add = run_background_job(J, "add", [1, 2], delay=3600).id
+        greet = run_background_job(J, "greet", {"name": "Ada"}, delay=3600).id
+        func = run_background_job("jobapp.jobs", "module_function", {"x": 1}, delay=3600).id
+
+    def found(q: str) -> list[int]:
+        page = client.get(PREFIX + "/jobs", query_string={"q": q})
+        assert page.status_code == 200, q
+        api = client.get(PREFIX + "/api/jobs", query_string={"q": q})
+        assert api.status_code == 200, q
+        ids = [j["id"] for j in api.get_json()["jobs"]]
+        assert row_ids(text(page)) == ids, q
+        return ids
+
+    assert found("GREET") == [greet]
+    assert found("Jobs.JOBS") == [greet, add]
+    assert found("MODULE_function") == [func]
+    # LIKE's wildcards and escape character are plain characters in the search box.
+    assert found("_") == [func]
+    assert found("e_f") == [func]
+    assert found("d%f") == []
+    assert found("%") == []
+    assert found("\\") == []
+    assert found("e\\_f") == []
+    # The display form "pkg.mod.Class::method" matches the end of the class and the start of
+    # the method, whatever the case.
+    assert found("JOBS.jobs::GR") == [greet]
+    assert found("jobapp.JOBS::Module_") == [func]
+    assert found("jobs.Jobs::%") == []
+    assert found(str(add)) == [add]
+
+
+@pytest.mark.parametrize("q", ["\x00", "gr\x00eet", "\x00" * 200, "²", "١٢", "３"])
+def test_a_search_no_job_name_can_hold_is_an_empty_result_on_both_backends(
+    web: Flask, client: FlaskClient, q: str
+) -> None:
+    # PostgreSQL refuses NUL in text outright: that must not become a 500, nor differ by backend.
+    with web.app_context():
+        run_background_job(J, "greet", {"name": "Ada"}, delay=3600)
+        assert web.extensions["bgjobs"].ext.list_jobs(q=q) == ([], 0)
+    page = client.get(PREFIX + "/jobs", query_string={"q": q})
+    assert page.status_code == 200
+    assert row_ids(text(page)) == []
+    api = client.get(PREFIX + "/api/jobs", query_string={"q": q})
+    assert api.status_code == 200
+    assert api.get_json()["jobs"] == [] and api.get_json()["total"] == 0
+
+
 @sqlite_only
 def test_an_invalid_status_filter_is_a_400_listing_the_allowed_values(
     client: FlaskClient,

@@ -3,8 +3,13 @@ refusal to read anything but the two configured files."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import subprocess
+import time
+from html import escape as html_escape
 from pathlib import Path
 from typing import Any
 
@@ -344,6 +349,194 @@ def test_log_lines_with_control_characters_are_shown_escaped(env: Env, client: F
     html = text(client.get(PREFIX + "/logs"))
     assert "\x07" not in html and "\x1b" not in html
     assert "bell\\x07 esc\\x1b[31m red \ufffd" in html
+
+
+# Issue 12, item 9 (FAULTS 18): each control character a job's text may carry, and the visible
+# escape the pages must show instead (as the logs and the CLI do), spelled out independently.
+CONTROLS = {
+    "ESC": ("\x1b", "\\x1b"),
+    "BEL": ("\x07", "\\x07"),
+    "CSI": ("\x9b", "\\x9b"),
+    "LINE SEPARATOR": ("\u2028", "\\u2028"),
+    "NEL": ("\x85", "\\x85"),
+}
+RAW_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _insert_job(conn: Any, **values: Any) -> int:
+    now = time.time()
+    row = {
+        "class_name": J,
+        "method_name": "add",
+        "params": "[]",
+        "status": "pending",
+        "priority": 1,
+        "attempts": 1,
+        "max_attempts": 1,
+        "run_at": now,
+        "created_at": now,
+    } | values
+    return int(
+        conn.execute(sa.insert(models.jobs).values(**row).returning(models.jobs.c.id)).scalar_one()
+    )
+
+
+@pytest.mark.parametrize("char", CONTROLS.values(), ids=CONTROLS.keys())
+def test_control_characters_in_any_job_text_show_as_visible_escapes(
+    web: Flask, client: FlaskClient, char: tuple[str, str]
+) -> None:
+    raw, esc = char
+    now = time.time()
+    with web.app_context():
+        web.extensions["bgjobs"].ext.init_db()
+    # Rows as a job (or someone with write access) could leave them: every text field carries
+    # the character, each behind its own label so the test can tell which field is shown how.
+    texts = {
+        "class_name": f"jobapp.jobs.Cls{raw}x",
+        "method_name": f"meth{raw}x",
+        "params": json.dumps({"p": f"params{raw}x"}, ensure_ascii=False),
+        "progress_message": f"progress{raw}x",
+        "runner_id": f"runner{raw}x",
+        "error": f"ValueError: error{raw}x",
+        "traceback": f"Traceback (most recent call last):\n  tb{raw}x\nValueError: error",
+        "end_reason": f"reason{raw}x",
+    }
+    with web.extensions["bgjobs"].store.engine.begin() as conn:
+        running = _insert_job(
+            conn, **texts, status="running", progress=40.0, started_at=now, pid=4242
+        )
+        failed = _insert_job(conn, **texts, status="failed", started_at=now, finished_at=now)
+        succeeded = _insert_job(
+            conn,
+            **texts,
+            status="succeeded",
+            started_at=now,
+            finished_at=now,
+            result=json.dumps(f"result{raw}x", ensure_ascii=False),
+        )
+        for job_id in (running, failed, succeeded):
+            for kind, message in (
+                ("started", f"started on attempt-runner{raw}x"),
+                ("progress", f"event-progress{raw}x"),
+                (f"kind{raw}x", f"event{raw}x"),
+                ("exception", f"ended{raw}x"),
+            ):
+                conn.execute(
+                    sa.insert(models.events).values(
+                        job_id=job_id, at=now, kind=kind, message=message, attempt=1
+                    )
+                )
+
+    expected_on_job_page = [
+        f"Cls{esc}x",
+        f"meth{esc}x",
+        f"params{esc}x",
+        f"runner{esc}x",
+        f"error{esc}x",
+        f"tb{esc}x",
+        f"reason{esc}x",
+        f"attempt-runner{esc}x",
+        f"event-progress{esc}x",
+        f"kind{esc}x",
+        f"event{esc}x",
+        f"ended{esc}x",
+    ]
+    pages = {
+        f"job page (running) {running}": (
+            PREFIX + f"/jobs/{running}",
+            [*expected_on_job_page, f"progress{esc}x"],
+        ),
+        f"job page (failed) {failed}": (PREFIX + f"/jobs/{failed}", expected_on_job_page),
+        f"job page (succeeded) {succeeded}": (
+            PREFIX + f"/jobs/{succeeded}",
+            [*expected_on_job_page, f"result{esc}x"],
+        ),
+        "job list": (
+            PREFIX + "/jobs",
+            [f"Cls{esc}x", f"meth{esc}x", f"error{esc}x", f"result{esc}x"],
+        ),
+        "overview": (
+            PREFIX + "/",
+            [f"Cls{esc}x", f"meth{esc}x", f"progress{esc}x", f"runner{esc}x", f"error{esc}x"],
+        ),
+    }
+    for where, (url, expected) in pages.items():
+        page = client.get(url)
+        assert page.status_code == 200, where
+        html = text(page)
+        found = RAW_CONTROL.search(html)
+        assert found is None, f"raw {found.group()!r} on the {where}" if found else ""
+        for fragment in expected:
+            # Inside JSON (params, result) a C0 control already shows as JSON's own \\u001b.
+            as_json = fragment.replace(esc, json.dumps(raw)[1:-1])
+            assert html_escape(fragment, quote=False) in html or (
+                fragment.startswith(("params", "result")) and as_json in html
+            ), f"{fragment!r} not on the {where}"
+    # The API keeps the data as stored: JSON has its own escapes.
+    assert client.get(PREFIX + f"/api/jobs/{failed}").get_json()["error"] == texts["error"]
+
+
+def _node() -> str | None:
+    """A Node.js binary: the system's, else the one the playwright package ships."""
+    found = shutil.which("node")
+    if found:
+        return found
+    try:
+        import playwright
+    except ImportError:
+        return None
+    bundled = Path(playwright.__file__).parent / "driver" / "node"
+    return str(bundled) if bundled.is_file() else None
+
+
+def test_the_scripts_printable_escapes_exactly_what_the_server_escapes() -> None:
+    # Live refresh writes progress messages, names, runners and errors from the API into the
+    # page: it must escape the same characters security.printable() does, and the same way.
+    node = _node()
+    if node is None:
+        pytest.skip("no Node.js to run dashboard.js's printable() with")
+    from flask_bgjobs.dashboard import __file__ as package_file
+    from flask_bgjobs.security import printable
+
+    source = (Path(package_file).parent / "static" / "bgjobs" / "dashboard.js").read_text()
+    found = re.search(r"\n  var UNPRINTABLE = .*?\n  function printable\(.*?\n  }\n", source, re.S)
+    assert found, "printable() not found in dashboard.js"
+    script = found.group() + (
+        "var out = [];"
+        "for (var i = 0; i < 0x10000; i++) {"
+        "  var c = String.fromCharCode(i);"
+        "  var p = printable(c);"
+        "  if (p !== c) out.push([i, p]);"
+        "}"
+        "out.push([0x1f600, printable('\\ud83d\\ude00')]);"  # a pair stays as it is
+        "process.stdout.write(JSON.stringify(out));"
+    )
+    done = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    escaped_by_js = {i: p for i, p in json.loads(done.stdout)}
+    assert escaped_by_js.pop(0x1F600) == "\U0001f600"
+    escaped_by_python = {
+        i: printable(chr(i)) for i in range(0x10000) if printable(chr(i)) != chr(i)
+    }
+    assert escaped_by_js == escaped_by_python
+
+
+def test_a_refused_action_names_a_stored_status_with_visible_escapes(
+    web: Flask, client: FlaskClient
+) -> None:
+    with web.app_context():
+        web.extensions["bgjobs"].ext.init_db()
+    with web.extensions["bgjobs"].store.engine.begin() as conn:
+        job_id = _insert_job(conn, status="odd\x1b[31m\u2028")
+    token = csrf_token_of(client)
+    for action in ("retry", "cancel"):
+        response = client.post(
+            PREFIX + f"/jobs/{job_id}/{action}", data={"bgjobs_csrf": token}, follow_redirects=True
+        )
+        html = text(response)
+        assert response.status_code == 200
+        assert RAW_CONTROL.search(html) is None, action
+        assert f"job {job_id} is odd\\x1b[31m\\u2028" in html, action
 
 
 def test_the_dashboard_package_has_no_sql_of_its_own() -> None:

@@ -460,6 +460,11 @@ def test_an_unknown_job_id_is_refused_in_one_line(env: Env, command: str) -> Non
         pytest.param(("enqueue", J, "add", "--params", "[1, NaN]"), "params[1]", id="nan"),
         pytest.param(("enqueue", J, "greet", "--params", '{"a": -Infinity}'), "Infinity", id="inf"),
         pytest.param(("enqueue", J, "add", "--params", '"1, 2"'), "params", id="params-not-a-list"),
+        pytest.param(
+            ("enqueue", J, "greet", "--params", '{"name": "a", "name": "b"}'),
+            'params["name"]: this key appears more than once',
+            id="duplicate-key",
+        ),
         pytest.param(("enqueue", "os", "system"), "not in BGJOBS_ALLOWED_JOBS", id="not-allowed"),
         pytest.param(("enqueue", J + "\x1b[2J", "add"), "class_name", id="escape-in-class"),
         pytest.param(("enqueue", J, "ad\nd\r\x07"), "method_name", id="controls-in-method"),

@@ -100,3 +100,10 @@ class Jobs:
 def module_function(x: int) -> int:
     """A module-level function job: ``jobapp.jobs::module_function``."""
     return x * 2
+
+
+class Registry(dict):  # type: ignore[type-arg]
+    """A dict subclass allowed with "*": its own methods are jobs, dict's (get, keys...) are not."""
+
+    def size(self) -> int:
+        return len(self)

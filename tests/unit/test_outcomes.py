@@ -121,11 +121,12 @@ def test_a_malformed_message_is_ignored(line: bytes) -> None:
 @pytest.mark.parametrize(
     ("result", "problem"),
     [
-        ("[NaN]", "not strict JSON"),
-        ("[Infinity]", "not strict JSON"),
-        ("{oops", "not strict JSON"),
-        ("[" * 100 + "]" * 100, "nested deeper than 64 levels"),
-        ("[" * 100_000 + "]" * 100_000, "not strict JSON"),
+        ("[NaN]", "NaN"),
+        ("[Infinity]", "Infinity"),
+        ("{oops", "not valid JSON"),
+        ("[" * 100 + "]" * 100, "deeper than 64 levels"),
+        ("[" * 100_000 + "]" * 100_000, "deeper than 64 levels"),
+        ('{"a": 1, "a": 2}', "more than once"),
         ('"' + "x" * 2_000_000 + '"', "larger than BGJOBS_MAX_PARAMS_BYTES"),
         (12, "not JSON text"),
     ],
@@ -136,7 +137,8 @@ def test_a_result_the_executor_would_refuse_is_not_stored_and_says_why(
     checked = parse_message(msg({"t": "ok", "result": result}), 10**6)
     assert checked is not None
     assert checked["result"] is None
-    assert checked["note"] == f"return value not stored: {problem}"
+    assert checked["note"].startswith("return value not stored: ")
+    assert problem in checked["note"]
 
 
 def test_texts_a_job_process_sends_are_bounded() -> None:

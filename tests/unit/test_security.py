@@ -26,7 +26,9 @@ from flask_bgjobs.security import (
     MAX_DEPTH,
     Allowlist,
     check_names,
+    check_target,
     decode_params,
+    decode_result,
     display_name,
     encode_params,
     printable,
@@ -370,11 +372,13 @@ def test_rejects_names_that_escape_the_allowlist_without_importing_anything(
         allowlist.check(class_name, method_name)
     with pytest.raises((InvalidJob, JobNotAllowed)) as resolved:
         resolve(class_name, method_name, allowlist)
+    with pytest.raises((InvalidJob, JobNotAllowed)) as targeted:
+        check_target(class_name, method_name, allowlist)
 
     assert set(sys.modules) == modules_before
     assert imported(canary) == set()
     assert_safe_message(str(checked.value))
-    assert str(resolved.value) == str(checked.value)
+    assert str(resolved.value) == str(checked.value) == str(targeted.value)
 
 
 def test_the_canary_does_report_an_import(canary: Path) -> None:
@@ -499,6 +503,98 @@ def test_errors_raised_by_user_code_are_wrapped_with_their_cause(
     with pytest.raises(InvalidJob, match=re.escape(message)) as caught:
         resolve(class_name, "run", Allowlist({class_name: ["run"]}))
     assert isinstance(caught.value.__cause__, cause)
+
+
+# --- check_target: enqueue refuses what the runner would refuse (issue 12, item 10) ----------
+
+#: Pairs a "*" grant on their class or module does not reach, with what the refusal says.
+WILDCARD_REFUSED = [
+    ("canary_pkg.jobs.Reports", "mro", "has no method 'mro'"),
+    ("canary_pkg.jobs.Reports", "nope", "has no method 'nope'"),
+    ("canary_pkg.jobs.Reports", "total", "is not a method"),
+    ("canary_pkg.jobs.Reports", "label", "is not a method"),
+    ("canary_pkg.jobs.Dynamic", "anything", "has no method 'anything'"),
+    ("canary_pkg.jobs.Registry", "get", "inherited from the built-in dict"),
+    ("canary_pkg.jobs.Registry", "keys", "inherited from the built-in dict"),
+    ("canary_pkg.jobs.Registry", "fromkeys", "inherited from the built-in dict"),
+    ("canary_pkg.jobs", "system", "not defined in canary_pkg.jobs"),
+    ("canary_pkg.jobs", "run", "not defined in canary_pkg.jobs"),
+    ("canary_pkg.jobs", "nope", "has no function 'nope'"),
+    ("canary_pkg.jobs", "CONSTANT", "not defined in canary_pkg.jobs"),
+    ("canary_pkg.jobs.Nope", "run", "has no module or class 'Nope'"),
+    ("canary_pkg.broken", "run", "broken module refuses to import"),
+    ("canary_pkg.missing_dep", "run", "canary_pkg_dependency_that_does_not"),
+]
+
+
+@pytest.mark.parametrize(("class_name", "method_name", "message"), WILDCARD_REFUSED)
+def test_check_target_refuses_what_a_wildcard_does_not_reach_exactly_as_resolve_does(
+    canary: Path, class_name: str, method_name: str, message: str
+) -> None:
+    allowlist = Allowlist({class_name: "*"})
+    with pytest.raises(InvalidJob, match=re.escape(message)) as at_enqueue:
+        check_target(class_name, method_name, allowlist)
+    with pytest.raises(InvalidJob) as at_run_time:
+        resolve(class_name, method_name, allowlist)
+    assert str(at_enqueue.value) == str(at_run_time.value)
+    assert_safe_message(str(at_enqueue.value))
+
+
+@pytest.mark.parametrize(
+    ("class_name", "method_name"),
+    [
+        ("canary_pkg.jobs.Reports", "process"),
+        ("canary_pkg.jobs.Reports", "twice"),
+        ("canary_pkg.jobs.Reports", "kind"),
+        ("canary_pkg.jobs.Child", "process"),
+        ("canary_pkg.jobs.Registry", "lookup"),
+        ("canary_pkg.jobs", "add"),
+        # Instantiating is the job's own code: only the runner does it, in the job's process.
+        ("canary_pkg.jobs.Explodes", "run"),
+        ("canary_pkg.jobs.NeedsArgs", "run"),
+    ],
+)
+def test_check_target_accepts_what_a_wildcard_reaches_without_instantiating_it(
+    canary: Path, class_name: str, method_name: str
+) -> None:
+    check_target(class_name, method_name, Allowlist({class_name: "*"}))
+
+
+def test_check_target_imports_nothing_for_a_pair_allowed_by_name(canary: Path) -> None:
+    # The operator named it: there is nothing left to decide, so the job's module stays out of
+    # the web process, and a name that does not exist is the runner's to report.
+    modules_before = set(sys.modules)
+    check_target("canary_pkg.canary.Canary", "run", Allowlist(CANARY_ALLOWLIST))
+    check_target("canary_pkg.jobs.Reports", "mro", Allowlist({"canary_pkg.jobs.Reports": ["mro"]}))
+    check_target("canary_pkg.broken", "run", Allowlist({"canary_pkg.broken": ["run"]}))
+    assert set(sys.modules) == modules_before
+    assert imported(canary) == set()
+
+
+def test_check_target_imports_only_the_module_a_wildcard_names(canary: Path) -> None:
+    allowlist = Allowlist({"canary_pkg.canary.Canary": "*"})
+    with pytest.raises(InvalidJob, match="has no method 'mro'"):
+        check_target("canary_pkg.canary.Canary", "mro", allowlist)
+    assert imported(canary) == {"canary_pkg", "canary_pkg.canary"}
+    check_target("canary_pkg.canary.Canary", "run", allowlist)
+
+
+@pytest.mark.parametrize(
+    ("class_name", "method_name", "error"),
+    [
+        ("os", "system", JobNotAllowed),
+        ("canary_pkg.jobs.Reports", "_private", InvalidJob),
+        ("canary_pkg.jobs.Reports", "__class__", InvalidJob),
+        ("canary_pkg.jobs.Reports ", "process", InvalidJob),
+        (None, "process", InvalidJob),
+    ],
+)
+def test_check_target_checks_names_and_the_allowlist_first(
+    canary: Path, class_name: object, method_name: object, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        check_target(class_name, method_name, Allowlist({"canary_pkg.jobs.Reports": "*"}))
+    assert imported(canary) == set()
 
 
 # --- params: encoding (FAULTS 19, 20) -----------------------------------------------------
@@ -698,8 +794,64 @@ def test_decode_refuses_a_value_that_is_not_text() -> None:
         decode_params(b"[]", LIMIT)  # type: ignore[arg-type]
 
 
-def test_decode_keeps_the_last_of_duplicate_keys() -> None:
-    assert decode_params('{"a": 1, "a": 2}', LIMIT) == {"a": 2}
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ('{"a": 1, "a": 2}', 'params["a"]'),
+        ('{"a": 1, "b": 2, "a": 1}', 'params["a"]'),
+        ('[1, {"x": {"k": [], "k": []}}]', 'params[1]["x"]["k"]'),
+        ('{"\\u0061": 1, "a": 2}', 'params["a"]'),  # the same key, spelled with an escape
+        ('{"\\u001b[2J": 1, "\\u001b[2J": 2}', 'params["\\u001b[2J"]'),
+    ],
+)
+def test_decode_refuses_duplicate_keys_naming_the_path(text: str, path: str) -> None:
+    # json.loads would keep the last value: the text says one thing, the job gets another.
+    with pytest.raises(InvalidJob) as caught:
+        decode_params(text, LIMIT)
+    assert str(caught.value).startswith(f"{path}: this key appears more than once")
+    assert_safe_message(str(caught.value))
+
+
+def test_decode_accepts_the_same_key_in_different_objects() -> None:
+    text = '[{"a": 1}, {"a": 2, "b": {"a": 3}}]'
+    assert decode_params(text, LIMIT) == [{"a": 1}, {"a": 2, "b": {"a": 3}}]
+
+
+# --- stored results: the readers' decoder ---------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, True, 3, -2.5, "text", [], {"a": [1, {"b": None}]}])
+def test_decode_result_reads_any_strict_json_value(value: object) -> None:
+    assert decode_result(json.dumps(value)) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[NaN]", "result[0]: NaN is not allowed"),
+        ("-Infinity", "result: -Infinity is not allowed"),
+        ('{"a": {"b": 1, "b": 2}}', 'result["a"]["b"]: this key appears more than once'),
+        ("[" + "7" * 5000 + "]", "result[0]: an integer with 5000 digits"),
+        ('["\\ud800"]', "result[0]: string contains a lone surrogate"),
+        ("[" * 100_000 + "]" * 100_000, f"result: nested deeper than {MAX_DEPTH} levels"),
+        ("[" * 65 + "]" * 65, f"nested deeper than {MAX_DEPTH} levels"),
+        ("{'a': 1}", "result is not valid JSON"),
+        ("", "result is not valid JSON: Expecting value"),
+    ],
+)
+def test_decode_result_refuses_what_no_reader_could_show(text: str, message: str) -> None:
+    with pytest.raises(InvalidJob) as caught:
+        decode_result(text)
+    assert message in str(caught.value)
+    assert_safe_message(str(caught.value))
+
+
+def test_decode_params_without_a_size_limit_still_refuses_everything_else() -> None:
+    # Readers of stored rows pass None: the text is in memory already, only strictness matters.
+    big = json.dumps(["x" * (2 * LIMIT)])
+    assert decode_params(big, None) == ["x" * (2 * LIMIT)]
+    with pytest.raises(InvalidJob, match=r"params\[0\]: NaN"):
+        decode_params("[NaN]", None)
 
 
 def test_decode_accepts_what_a_user_types() -> None:

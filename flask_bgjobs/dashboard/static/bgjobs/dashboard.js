@@ -48,6 +48,22 @@
     if (el && el.textContent !== text) el.textContent = text;
   }
 
+  /* Text from a job, as the server's security.printable() renders it on the pages: control
+     characters (C0, DEL, C1), bidi controls, line and paragraph separators and lone
+     surrogates become visible escapes such as \x1b or \u2028. The "u" flag makes a
+     surrogate pair one character, so only a lone surrogate matches. Keep the two in step. */
+  var UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]/gu;
+  var NAMED_ESCAPES = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+
+  function printable(text) {
+    return String(text).replace(UNPRINTABLE, function (c) {
+      if (NAMED_ESCAPES[c]) return NAMED_ESCAPES[c];
+      var code = c.charCodeAt(0);
+      var hex = code.toString(16);
+      return code <= 0xff ? "\\x" + ("0" + hex).slice(-2) : "\\u" + ("000" + hex).slice(-4);
+    });
+  }
+
   // -- the "live" indicator and polling ---------------------------------------------------
 
   var live = $("[data-live]");
@@ -157,7 +173,7 @@
         setText(pct, Math.round(value) + "%");
       }
     }
-    if (msg) setText(msg, message || "");
+    if (msg) setText(msg, printable(message || ""));
   }
 
   // -- overview -----------------------------------------------------------------------------
@@ -229,7 +245,7 @@
   function jobRow(template, job) {
     var row = template.content.firstElementChild.cloneNode(true);
     var url = body.getAttribute("data-job-url") + job.id;
-    var parts = splitName(job.class_name);
+    var parts = splitName(printable(job.class_name));
     row.setAttribute("data-job-id", String(job.id));
     var link = $("[data-slot=link]", row);
     link.href = url;
@@ -237,14 +253,14 @@
     $("[data-slot=name-link]", row).href = url;
     setText($("[data-slot=module]", row), parts[0]);
     setText($("[data-slot=class]", row), parts[1]);
-    setText($("[data-slot=method]", row), job.method_name);
+    setText($("[data-slot=method]", row), printable(job.method_name));
     return row;
   }
 
   function runningRow(template, job) {
     var row = jobRow(template, job);
     setText($("[data-slot=attempts]", row), job.attempts + "/" + job.max_attempts);
-    setText($("[data-slot=runner]", row), (job.runner_id || "—") + (job.pid ? " · pid " + job.pid : ""));
+    setText($("[data-slot=runner]", row), printable(job.runner_id || "—") + (job.pid ? " · pid " + job.pid : ""));
     return row;
   }
 
@@ -288,7 +304,7 @@
       var item = jobRow(template, job);
       var finished = parseIso(job.finished_at);
       setText($("[data-slot=when]", item), isFinite(finished) ? duration(now() - finished) + " ago" : "");
-      setText($("[data-slot=error]", item), shorten(job.error || "failed", 160));
+      setText($("[data-slot=error]", item), shorten(printable(job.error || "failed"), 160));
       items.appendChild(item);
     });
     while (list.firstChild) list.removeChild(list.firstChild);
