@@ -287,7 +287,7 @@ def _error_text(exc: BaseException) -> str:
     name = type(exc).__name__
     text = f"{name}: {text}" if text else name
     if len(text) > MAX_ERROR:
-        text = text[:MAX_ERROR] + f"… [{len(text) - MAX_ERROR} characters cut]"
+        text = f"{text[:MAX_ERROR]}… [{len(text) - MAX_ERROR} characters cut]"
     return text
 
 

@@ -78,8 +78,15 @@ def popen_kwargs(platform: str) -> dict[str, Any]:
 
 
 def runner_command() -> list[str]:
-    """The argument list of an auto-started runner: no job data ever travels on it."""
-    return [sys.executable, "-m", "flask_bgjobs.runner"]
+    """The argument list of an auto-started runner: no job data ever travels on it.
+
+    ``-P`` (Python 3.11+): the working directory is not put first on ``sys.path`` at start, so
+    a ``secrets.py`` lying there cannot stand in for the standard library's. The app itself is
+    then imported the way ``flask`` imports it (Flask adds the app's folder), after the
+    runner's own modules are loaded.
+    """
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+    return [sys.executable, *safe_path, "-m", "flask_bgjobs.runner"]
 
 
 def key_for(database_uri: str) -> str:

@@ -84,17 +84,27 @@ def backend_of(uri: str) -> tuple[str, str]:
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def storable(text: str | None, limit: int | None = None) -> str | None:
+def storable(text: str | None, limit: int | None = None, *, tail: bool = False) -> str | None:
     """Return `text` as both backends store it: NUL and lone surrogates become U+FFFD.
 
-    With `limit`, text longer than that many characters keeps its tail (the useful part of a
-    traceback or an error) behind a note saying how much was cut.
+    With `limit`, a longer text is cut and says by how much: its head is kept (an error line,
+    a message), or with `tail` its end (a traceback, where the useful part is). Job processes
+    cut their texts to the same limits first; the slack here leaves room for their notes.
     """
     if text is None:
         return None
-    if limit is not None and len(text) > limit:
-        text = f"[{len(text) - limit} characters cut] {text[-limit:]}"
+    if limit is not None and len(text) > limit + _SLACK:
+        cut = len(text) - limit
+        text = (
+            f"[{cut} characters cut] …{text[-limit:]}"
+            if tail
+            else f"{text[:limit]}… [{cut} characters cut]"
+        )
     return _UNSTORABLE.sub("\ufffd", text)
+
+
+# Room for "… [N characters cut]" that a job process or the runner appended already.
+_SLACK = 100
 
 
 @dataclass(frozen=True)
@@ -845,7 +855,7 @@ class Store:
                     "now": now,
                     "result": o.result_json,
                     "error": storable(o.error, MAX_ERROR),
-                    "traceback": storable(o.traceback, MAX_TRACEBACK),
+                    "traceback": storable(o.traceback, MAX_TRACEBACK, tail=True),
                     "run_at": now + (o.retry_in or 0.0),
                 }
                 ok = run(stmt, {k: params[k] for k in _PARAMS[stmt]}) == 1

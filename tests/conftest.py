@@ -280,6 +280,8 @@ class Env:
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_uri: str) -> Iterator[Env]:
     """Environment variables for the test app and every runner it starts."""
     for name in list(os.environ):
+        if name.startswith(("BGJOBS_TEST_", "BGJOBS_FAULTS_")):
+            continue  # the test suite's own knobs (DEVELOPERS.md), not the app's configuration
         if name.startswith("BGJOBS_") or name in (
             "FLASK_APP",
             "BACKGROUND_JOB_LOG",

@@ -13,6 +13,8 @@ def main() -> int:
     """Load the app named by ``BGJOBS_APP`` and serve until idle; return the exit code."""
     from flask.cli import ScriptInfo
 
+    # Everything the runner needs is imported before the app, whose import puts the app's
+    # folder on sys.path: nothing there can stand in for a module loaded by then.
     from flask_bgjobs.runner.loop import Runner
     from flask_bgjobs.state import get_state
 

@@ -27,6 +27,7 @@ from flask_bgjobs.store import (
     Outcome,
     Progress,
     Store,
+    storable,
 )
 
 # Why the runner killed an attempt.
@@ -80,16 +81,16 @@ def parse_message(line: bytes, max_result_bytes: int) -> dict[str, Any] | None:
         return {
             "t": kind,
             "error": _text(message.get("error"), MAX_ERROR),
-            "tb": _text(tb, MAX_TRACEBACK) if tb is not None else None,
+            "tb": _text(tb, MAX_TRACEBACK, tail=True) if tb is not None else None,
         }
     if kind == MSG_REJECTED:
         return {"t": kind, "error": _text(message.get("error"), MAX_ERROR)}
     return None
 
 
-def _text(value: object, limit: int) -> str:
+def _text(value: object, limit: int, *, tail: bool = False) -> str:
     text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
+    return storable(text, limit, tail=tail) or ""
 
 
 def _result_problem(result: object, max_bytes: int) -> str | None:

@@ -32,6 +32,7 @@ from flask import Flask
 from jobapp import bgjobs as jobapp_bgjobs
 
 from flask_bgjobs import BgJobsError, InvalidJob, JobNotAllowed, run_background_job
+from flask_bgjobs.launcher import runner_command
 from flask_bgjobs.models import events
 
 J = "jobapp.jobs.Jobs"
@@ -532,7 +533,7 @@ def test_shell_metacharacters_and_200_kib_params_reach_an_auto_started_runner_un
             (pid,) = pids
 
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
-            assert argv[1:] == [b"-m", b"flask_bgjobs.runner"], argv[:4]
+            assert argv[1:] == [a.encode() for a in runner_command()[1:]], argv[:4]
             assert len(b" ".join(argv)) < 4096
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             assert b"JOBAPP_PROBE=the environment is kept" in environ

@@ -92,6 +92,34 @@ class Jobs:
     def unserialisable(self) -> object:
         return {1, 2, 3}
 
+    def poison(self) -> None:
+        """Text PostgreSQL cannot store (issue 12, defect 1)."""
+        raise ValueError("poison\x00again \ud800")
+
+    def progress_poison(self, seconds: float) -> str:
+        """Progress with a NUL in a tight loop, for `seconds`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            current_job.progress(10, "a\x00b")
+            time.sleep(0.001)
+        return "done"
+
+    def huge_error(self, mib: int = 20) -> None:
+        raise ValueError("E" * (mib * 1024 * 1024))
+
+    def forged_result(self, kind: str) -> str:
+        """Report a result the executor would refuse, past its own checks (a lying child)."""
+        from flask_bgjobs import executor
+
+        encoded = {
+            "NaN": "[NaN]",
+            "deep": "[" * 100_000 + "]" * 100_000,
+            "big": '"' + "x" * (2 * 1024 * 1024) + '"',
+            "duplicate": '{"a":1,"a":2}',
+        }[kind]
+        executor.encode_result = lambda result, max_bytes: encoded  # type: ignore[assignment]
+        return "ignored"
+
     def write_stdout(self) -> str:
         print("hello from a job")
         return "printed"

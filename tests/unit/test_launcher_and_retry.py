@@ -27,7 +27,7 @@ def test_windows_runner_is_detached_in_its_own_process_group() -> None:
 
 
 def test_runner_command_line_carries_no_job_data() -> None:
-    assert launcher.runner_command() == [sys.executable, "-m", "flask_bgjobs.runner"]
+    assert launcher.runner_command() == [sys.executable, "-P", "-m", "flask_bgjobs.runner"]
 
 
 def test_each_database_gets_its_own_runner_key() -> None:
