@@ -118,13 +118,21 @@ def _state() -> AppState:
     is_flag=True,
     help="Run what is due now, then exit once nothing runs and nothing is due.",
 )
-def worker_command(concurrency: int | None, burst: bool) -> None:
+@click.option(
+    "--reuse",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Attempts one job process runs one after another (default: BGJOBS_PROCESS_REUSE, 1).",
+)
+def worker_command(concurrency: int | None, burst: bool, reuse: int | None) -> None:
     """Run jobs in this process until SIGTERM or Ctrl-C.
 
     \b
     Examples:
       flask --app myapp bgjobs worker --concurrency 4
       flask --app myapp bgjobs worker --burst
+      flask --app myapp bgjobs worker --reuse 100
     """
     from flask_bgjobs.runner import Runner  # only this command needs it
 
@@ -134,7 +142,7 @@ def worker_command(concurrency: int | None, burst: bool) -> None:
     # locked SQLite file is no such error: the runner waits for it like any other.
     state.store.ping()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    runner = Runner.for_app(app, state, concurrency=concurrency, burst=burst)
+    runner = Runner.for_app(app, state, concurrency=concurrency, burst=burst, reuse=reuse)
     raise SystemExit(runner.run(app))
 
 

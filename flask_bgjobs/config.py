@@ -47,7 +47,8 @@ class Settings:
     default_priority: int
     #: ``BGJOBS_RETRY_BACKOFF``: ``"fixed"`` or ``"exponential"``.
     retry_backoff: str
-    #: ``BGJOBS_RETRY_DELAY``: seconds ``> 0``, or ``None`` to use the job's own delay.
+    #: ``BGJOBS_RETRY_DELAY``: seconds ``>= 0`` (0 retries at once), or ``None`` to use the
+    #: job's own delay.
     retry_delay: float | None
     #: ``BGJOBS_ALLOWED_JOBS``: class (or module) path → ``"*"`` or a tuple of method names.
     allowed_jobs: Mapping[str, tuple[str, ...] | str]
@@ -82,6 +83,10 @@ class Settings:
     create_tables: bool
     #: ``BGJOBS_IDLE_TIMEOUT``: seconds an auto-started runner waits with no work before it exits.
     idle_timeout: float
+    #: ``BGJOBS_PROCESS_REUSE``: attempts one job process runs one after another, ``>= 1``.
+    process_reuse: int
+    #: ``BGJOBS_START_METHOD``: ``"fork"`` or ``"spawn"``.
+    start_method: str
 
 
 @dataclass(frozen=True)
@@ -416,8 +421,9 @@ KEYS: tuple[Key, ...] = (
         "BGJOBS_RETRY_DELAY",
         None,
         None,
-        _seconds(0, exclusive=True, optional=True),
-        "Seconds before a retry. Unset: the job's own delay, or 1 s where that is 0.",
+        _seconds(0, optional=True),
+        "Seconds before a retry; 0 retries at once. Unset: the job's own delay, or 1 s where "
+        "that is 0.",
     ),
     Key(
         "BGJOBS_ALLOWED_JOBS",
@@ -534,6 +540,22 @@ KEYS: tuple[Key, ...] = (
         None,
         _seconds(0),
         "Seconds an auto-started runner waits with no work at all before it exits.",
+    ),
+    Key(
+        "BGJOBS_PROCESS_REUSE",
+        1,
+        None,
+        _integer(1),
+        "Attempts one job process runs one after another; 1 gives every attempt a fresh "
+        "process. A timeout, cancel or crash still ends that process.",
+    ),
+    Key(
+        "BGJOBS_START_METHOD",
+        "fork",
+        None,
+        _choice("fork", "spawn"),
+        "'fork': job processes are forked from the runner (fast). 'spawn': each is a fresh "
+        "interpreter that loads the app, for apps that are not fork-safe.",
     ),
 )
 

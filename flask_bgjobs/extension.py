@@ -175,12 +175,16 @@ class BackgroundJobs:
         """Create the job tables (idempotent)."""
         self.state().store.ensure_tables()
 
-    def worker(self, *, concurrency: int | None = None, burst: bool = False) -> int:
+    def worker(
+        self, *, concurrency: int | None = None, burst: bool = False, reuse: int | None = None
+    ) -> int:
         """Run a runner in this process until SIGTERM (or, with `burst`, until drained)."""
         from flask_bgjobs.runner import Runner  # the web process never needs it
 
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-        runner = Runner.for_app(app, self.state(), concurrency=concurrency, burst=burst)
+        runner = Runner.for_app(
+            app, self.state(), concurrency=concurrency, burst=burst, reuse=reuse
+        )
         return runner.run(app)
 
 

@@ -129,6 +129,7 @@ class Runner:
         burst: bool = False,
         autostarted: bool = False,
         lock_fd: int | None = None,
+        reuse: int | None = None,
     ) -> Runner:
         """A runner with the real parts, for `app`."""
         s = state.settings
@@ -138,6 +139,8 @@ class Runner:
             allowlist=state.allowlist,
             selector=selector,
             concurrency=concurrency or s.max_concurrency,
+            reuse=reuse or s.process_reuse,
+            start_method=s.start_method,
             max_params_bytes=s.max_params_bytes,
             on_progress=lambda att, pct, msg: None,
         )
@@ -166,7 +169,7 @@ class Runner:
         try:
             self.log.info(
                 f"Runner {security.printable(self.runner_id)} started (pid {os.getpid()}, "
-                f"concurrency {self.concurrency}{', burst' if self.burst else ''})."
+                f"concurrency {self.concurrency}{self._mode()})."
             )
             while self.step():
                 pass
@@ -174,6 +177,16 @@ class Runner:
             self.teardown()
         self.log.info(f"Runner {security.printable(self.runner_id)} stopped (pid {os.getpid()}).")
         return self.exit_code
+
+    def _mode(self) -> str:
+        words = []
+        if self.children.reuse > 1:
+            words.append(f"process reuse {self.children.reuse}")
+        if self.children.start_method != "fork":
+            words.append(f"start method {self.children.start_method}")
+        if self.burst:
+            words.append("burst")
+        return "".join(f", {w}" for w in words)
 
     def setup(self, app: Flask | None = None) -> None:
         """Signals, wake-up socket, host lock; then freeze what the job processes inherit."""

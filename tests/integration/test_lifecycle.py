@@ -264,3 +264,38 @@ def test_enqueued_jobs_wake_an_idle_runner_without_waiting_for_its_poll(
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=20) == 0
     _ = APP_IMPORT, sa
+
+
+def test_reads_never_need_sqlite_write_lock_and_a_worker_rides_out_a_locked_start(
+    env: Env, app: Any, bgjobs: Any
+) -> None:
+    """Issue 8: `list` failed, and a worker exited 1, while another connection wrote."""
+    import sqlite3
+
+    if not env.database_uri.startswith("sqlite"):
+        pytest.skip("SQLite's single write lock")
+    with app.app_context():
+        job = run_background_job(J, "add", [2, 2])
+    holder = sqlite3.connect(env.database_uri.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        listed = env.flask("bgjobs", "list")  # a new process, its first read
+        assert listed.returncode == 0, listed.stderr
+        assert f"{job.id} " in listed.stdout
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", APP_IMPORT, "bgjobs", "worker", "--burst"],
+            cwd=env.tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        env.procs.append(worker)
+        wait_for(
+            lambda: env.error_log.exists() and "database error during" in env.error_log.read_text(),
+            timeout=30,
+            what="the worker to meet the lock",
+        )
+        assert worker.poll() is None, "the worker gave up on a locked database"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert worker.wait(timeout=60) == 0
+    with app.app_context():
+        assert bgjobs.get_job(job.id).result == 4

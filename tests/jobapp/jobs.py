@@ -120,6 +120,24 @@ class Jobs:
         executor.encode_result = lambda result, max_bytes: encoded  # type: ignore[assignment]
         return "ignored"
 
+    def where(self) -> dict[str, object]:
+        """Which process runs this attempt, and what it has loaded."""
+        import sys as _sys
+
+        return {
+            "pid": os.getpid(),
+            "ppid": os.getppid(),
+            "pgid": os.getpgid(0),
+            "runner_loaded": "flask_bgjobs.runner.loop" in _sys.modules,
+            "attempt": current_job.attempt,
+        }
+
+    async def wait_async(self, seconds: float) -> str:
+        import asyncio
+
+        await asyncio.sleep(seconds)
+        return f"awaited {current_job.id}"
+
     def write_stdout(self) -> str:
         print("hello from a job")
         return "printed"

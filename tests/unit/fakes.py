@@ -217,6 +217,8 @@ class FakeChildren:
 
     def __init__(self) -> None:
         self.concurrency = 2
+        self.reuse = 1
+        self.start_method = "fork"
         self.on_progress: Callable[[Attempt, float, str], None] = lambda a, p, m: None
         self.inherited_fds: Callable[[], Iterable[int]] = lambda: ()
         self.attempts: dict[int, Attempt] = {}

@@ -499,7 +499,6 @@ def test_bad_allowed_jobs_in_app_config_is_an_error(app: Flask, value: object) -
         ("BGJOBS_DEFAULT_DELAY", "nan"),
         ("BGJOBS_DEFAULT_DELAY", "inf"),
         ("BGJOBS_RETRY_BACKOFF", "linear"),
-        ("BGJOBS_RETRY_DELAY", "0"),
         ("BGJOBS_RETRY_DELAY", "-1"),
         ("BGJOBS_MAX_CONCURRENCY", "0"),
         ("BGJOBS_JOB_TIMEOUT", "-1"),
@@ -609,6 +608,7 @@ def test_backoff_is_case_insensitive(app: Flask) -> None:
 
 def test_retry_delay_set(app: Flask) -> None:
     assert load(app, BGJOBS_RETRY_DELAY="2.5").retry_delay == 2.5
+    assert load(app, BGJOBS_RETRY_DELAY="0").retry_delay == 0.0  # SPEC §2: retries at once
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,118 @@
+"""Process reuse (SPEC §14), the spawn start method (§13) and async targets (§12), for real."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from conftest import Env, wait_for
+
+from flask_bgjobs import run_background_job
+
+J = "jobapp.jobs.Jobs"
+
+pytestmark = pytest.mark.usefixtures("ctx")
+
+
+def test_with_reuse_one_job_process_runs_several_attempts_in_a_row(env: Env, bgjobs: Any) -> None:
+    jobs = [run_background_job(J, "where") for _ in range(12)]
+    env.burst("--concurrency", "2", "--reuse", "6")
+    found = [bgjobs.get_job(j.id) for j in jobs]
+    assert all(j.status == "succeeded" for j in found)
+    pids = [j.result["pid"] for j in found]
+    assert len(set(pids)) < len(pids), "no job process ran two attempts"
+    assert max(pids.count(p) for p in set(pids)) <= 6
+    assert all(j.result["pgid"] == j.result["pid"] for j in found), "each leads its own group"
+    assert os.getpid() not in pids
+
+
+def test_without_reuse_every_attempt_gets_a_fresh_process(env: Env, bgjobs: Any) -> None:
+    jobs = [run_background_job(J, "where") for _ in range(6)]
+    env.burst("--concurrency", "2")
+    assert len({bgjobs.get_job(j.id).result["pid"] for j in jobs}) == 6
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "reason"),
+    [("exit_hard", [3], "exit"), ("kill_self", [9], "signal"), ("sleep", [60], "timeout")],
+)
+def test_with_reuse_a_crash_or_timeout_fails_only_that_attempt_and_the_next_gets_a_fresh_process(
+    env: Env, bgjobs: Any, method: str, params: list[Any], reason: str
+) -> None:
+    before = [run_background_job(J, "where", priority=9) for _ in range(2)]
+    bad = run_background_job(J, method, params, retry_attempts=0, timeout=2, priority=5)
+    after = [run_background_job(J, "where", priority=1) for _ in range(3)]
+    env.burst("--concurrency", "1", "--reuse", "50")
+    done = bgjobs.get_job(bad.id)
+    assert (done.status, done.end_reason) == ("failed", reason)
+    first = {bgjobs.get_job(j.id).result["pid"] for j in before}
+    later = {bgjobs.get_job(j.id).result["pid"] for j in after}
+    assert len(first) == 1 and len(later) == 1, "one process each side of the failure"
+    assert first != later, "the attempt after the failure ran in the failed process"
+
+
+def test_with_reuse_a_cancel_kills_only_the_cancelled_attempt(env: Env, bgjobs: Any) -> None:
+    gate = env.tmp / "gate"
+    victim = run_background_job(J, "wait_for_file", [str(gate), "victim"], priority=5)
+    others = [run_background_job(J, "where", priority=1) for _ in range(3)]
+    worker = env.start_worker("--concurrency", "1", "--reuse", "50")
+    wait_for(lambda: env.marks_of("victim"), what="the victim to start")
+    bgjobs.cancel(victim.id)
+    wait_for(
+        lambda: all(bgjobs.get_job(j.id).status == "succeeded" for j in others),
+        what="the other jobs to run",
+    )
+    assert bgjobs.get_job(victim.id).status == "cancelled"
+    assert not gate.exists()
+    worker.terminate()
+    assert worker.wait(timeout=20) == 0
+
+
+def test_with_reuse_progress_results_and_errors_are_recorded_per_attempt(
+    env: Env, bgjobs: Any
+) -> None:
+    prog = run_background_job(J, "progress", [4], priority=3)
+    fail = run_background_job(J, "fail", ["bad row"], retry_attempts=0, priority=2)
+    add = run_background_job(J, "add", [2, 3], priority=1)
+    env.burst("--concurrency", "1", "--reuse", "10")
+    p, f, a = (bgjobs.get_job(j.id) for j in (prog, fail, add))
+    assert (p.status, p.progress, p.result) == ("succeeded", 100, "done")
+    assert any(e.kind == "progress" for e in p.events or ())
+    assert env.main_log.read_text().count("Job progress") == 4  # each report is logged
+    assert (f.status, f.attempts, f.error) == ("failed", 1, "ValueError: bad row")
+    assert (a.status, a.result) == ("succeeded", 5)
+
+
+def test_spawned_job_processes_load_the_app_themselves(
+    env: Env, bgjobs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BGJOBS_START_METHOD", "spawn")
+    jobs = [run_background_job(J, "where") for _ in range(3)]
+    progress = run_background_job(J, "progress", [2])
+    failing = run_background_job(J, "fail", ["spawned"], retry_attempts=0)
+    result = env.burst("--concurrency", "2")
+    found = [bgjobs.get_job(j.id).result for j in jobs]
+    assert all(not r["runner_loaded"] for r in found), "a forked runner's modules came along"
+    assert len({r["pid"] for r in found}) == 3
+    assert len({r["ppid"] for r in found}) == 1, "all children of the one runner"
+    assert all(r["pgid"] == r["pid"] for r in found)
+    assert bgjobs.get_job(progress.id).progress == 100
+    assert bgjobs.get_job(failing.id).error == "ValueError: spawned"
+    assert result.returncode == 0
+
+
+def test_spawned_job_processes_can_be_reused_too(
+    env: Env, bgjobs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BGJOBS_START_METHOD", "spawn")
+    jobs = [run_background_job(J, "where") for _ in range(6)]
+    env.burst("--concurrency", "1", "--reuse", "10")
+    assert len({bgjobs.get_job(j.id).result["pid"] for j in jobs}) == 1
+
+
+def test_an_async_target_is_awaited_in_the_job_process(env: Env, bgjobs: Any) -> None:
+    job = run_background_job(J, "wait_async", [0.05])
+    env.burst()
+    done = bgjobs.get_job(job.id)
+    assert (done.status, done.result) == ("succeeded", f"awaited {job.id}")
