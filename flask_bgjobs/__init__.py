@@ -11,6 +11,7 @@ from flask_bgjobs.errors import (
     InvalidTransition,
     JobNotAllowed,
     JobNotFound,
+    SchemaError,
 )
 from flask_bgjobs.extension import BackgroundJobs, run_background_job
 from flask_bgjobs.models import Job
@@ -25,6 +26,7 @@ __all__ = [
     "Job",
     "JobNotAllowed",
     "JobNotFound",
+    "SchemaError",
     "current_job",
     "run_background_job",
 ]

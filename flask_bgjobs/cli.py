@@ -434,14 +434,46 @@ def sweep_command() -> None:
 
 @bgjobs_cli.command("init-db")
 def init_db_command() -> None:
-    """Create the job tables if they do not exist.
+    """Create the job tables, or upgrade them to this release's schema.
 
-    Needed only when BGJOBS_CREATE_TABLES is false (tables are otherwise created on first
-    use); safe to run again.
+    Needed only when BGJOBS_CREATE_TABLES is false (tables are otherwise created, and
+    upgraded, on first use); safe to run again.
 
     \b
     Example:
       flask bgjobs init-db
     """
-    _state().store.ensure_tables()
-    click.echo("job tables ready")
+    _upgrade()
+
+
+@bgjobs_cli.command("upgrade-db")
+@click.option("--sql", "as_sql", is_flag=True, help="Print the SQL instead of running it.")
+def upgrade_db_command(as_sql: bool) -> None:
+    """Upgrade the job tables to this release's schema, keeping every job.
+
+    Runs the migrations shipped with flask-bgjobs (Alembic; the version is kept in
+    bgjobs_alembic_version). A database written by 0.1.0 is upgraded in place. With --sql,
+    prints the SQL for this database instead, and changes nothing.
+
+    \b
+    Examples:
+      flask bgjobs upgrade-db
+      flask bgjobs upgrade-db --sql > upgrade.sql
+    """
+    if as_sql:
+        click.echo(_state().store.upgrade_sql(), nl=False)
+        return
+    _upgrade()
+
+
+def _upgrade() -> None:
+    store = _state().store
+    before = store.schema_version()
+    store.ensure_tables()
+    after = store.schema_version()
+    if before is None:
+        click.echo(f"job tables created (schema {after})")
+    elif before != after:
+        click.echo(f"job tables upgraded from schema {before} to {after}")
+    else:
+        click.echo(f"job tables ready (schema {after})")

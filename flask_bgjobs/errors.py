@@ -40,3 +40,9 @@ class InvalidTransition(BgJobsError):
 
 class DatabaseBusy(BgJobsError):
     """Raised when the job store stayed locked past its busy timeout; nothing was written."""
+
+
+class SchemaError(BgJobsError):
+    """Raised when the job tables are not at the schema this release uses and it may not
+    upgrade them (``BGJOBS_CREATE_TABLES`` is false: run ``flask bgjobs upgrade-db``), or
+    cannot (a newer release wrote them)."""

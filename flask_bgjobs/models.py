@@ -77,6 +77,14 @@ ATTEMPT_FAILURES: tuple[str, ...] = (
     END_REJECTED,
 )
 
+#: The schema these tables describe: the head of the migrations in ``flask_bgjobs/migrations``
+#: (0001 is the schema of 0.1.0). `Store` compares it with the database's own before use.
+SCHEMA_VERSION = "0002"
+#: The queue of a job enqueued without one, unless ``BGJOBS_DEFAULT_QUEUE`` says otherwise.
+DEFAULT_QUEUE = "default"
+#: Statuses during which a ``unique_key`` stays taken.
+UNIQUE_STATUSES: tuple[str, ...] = (PENDING, RETRYING, RUNNING)
+
 metadata = sa.MetaData()
 
 # BIGINT on PostgreSQL, but INTEGER on SQLite, where only INTEGER PRIMARY KEY is the rowid.
@@ -110,6 +118,16 @@ jobs = sa.Table(
     sa.Column("lease_owner", sa.String(255)),
     sa.Column("lease_expires_at", sa.Double),
     sa.Column("log_incomplete", sa.Boolean, nullable=False, default=False),
+    # Schema 0002 (0.2.0): queues, uniqueness, concurrency, time, schedules, limits.
+    sa.Column("queue", sa.String(64), nullable=False, server_default=DEFAULT_QUEUE),
+    sa.Column("unique_key", sa.String(255)),
+    sa.Column("concurrency_key", sa.String(255)),
+    sa.Column("concurrency_limit", sa.Integer),
+    sa.Column("expires_at", sa.Double),
+    sa.Column("schedule", sa.String(200)),
+    sa.Column("scheduled_for", sa.Double),
+    sa.Column("memory_limit", sa.BigInteger),
+    sa.Column("cpu_limit", sa.Double),
 )
 
 _due = jobs.c.status.in_(DUE_STATUSES)
@@ -131,6 +149,31 @@ sa.Index(
 )
 sa.Index("ix_bgjobs_jobs_status_id", jobs.c.status, jobs.c.id)
 sa.Index("ix_bgjobs_jobs_finished", jobs.c.finished_at)
+# While a job with a unique_key waits or runs, no other job may take the key: the database
+# refuses the second insert, so the rule holds across processes and hosts.
+_unique_active = jobs.c.status.in_(UNIQUE_STATUSES)
+sa.Index(
+    "ux_bgjobs_jobs_unique_key",
+    jobs.c.unique_key,
+    unique=True,
+    sqlite_where=_unique_active,
+    postgresql_where=_unique_active,
+)
+# One job per schedule and tick, whatever the number of runners (NULLs never collide).
+sa.Index("ux_bgjobs_jobs_schedule_tick", jobs.c.schedule, jobs.c.scheduled_for, unique=True)
+# Running jobs per concurrency key and per queue: what a claim counts against the limits.
+sa.Index(
+    "ix_bgjobs_jobs_running_key",
+    jobs.c.concurrency_key,
+    sqlite_where=_running,
+    postgresql_where=_running,
+)
+sa.Index(
+    "ix_bgjobs_jobs_running_queue",
+    jobs.c.queue,
+    sqlite_where=_running,
+    postgresql_where=_running,
+)
 
 events = sa.Table(
     "bgjobs_events",
@@ -146,8 +189,41 @@ events = sa.Table(
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("message", sa.Text, nullable=False, default=""),
     sa.Column("attempt", sa.Integer),
+    # Schema 0002: what the attempt that this event ends used, and what it printed.
+    sa.Column("max_rss_kb", sa.BigInteger),
+    sa.Column("cpu_s", sa.Double),
+    sa.Column("output", sa.Text),
 )
 sa.Index("ix_bgjobs_events_job", events.c.job_id, events.c.id)
+
+#: Settings of a queue that must hold for every runner on every host: paused or not.
+queues = sa.Table(
+    "bgjobs_queues",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("paused", sa.Boolean, nullable=False, default=False),
+    sa.Column("updated_at", sa.Double),
+)
+
+#: What runners share about each recurring job: the last tick taken, and whether it is paused.
+schedules = sa.Table(
+    "bgjobs_schedules",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("paused", sa.Boolean, nullable=False, default=False),
+    #: The latest tick (epoch seconds) some runner took: enqueued it, or skipped it.
+    sa.Column("last_tick", sa.Double),
+    sa.Column("last_job_id", _Id),
+    sa.Column("updated_at", sa.Double),
+)
+
+#: Alembic's version table, under a name of ours so a host app's own migrations never see it.
+VERSION_TABLE = "bgjobs_alembic_version"
+version = sa.Table(
+    VERSION_TABLE,
+    metadata,
+    sa.Column("version_num", sa.String(32), primary_key=True),
+)
 
 
 #: How much of a stored params or result text that is not strict JSON readers show: enough to
@@ -206,15 +282,31 @@ class Event:
     kind: str
     message: str
     attempt: int | None
+    #: Peak resident memory of the attempt's process (KiB), on an event that ends an attempt.
+    max_rss_kb: int | None = None
+    #: User + system CPU seconds of the attempt, on an event that ends an attempt.
+    cpu_s: float | None = None
+    #: The last 64 KiB the attempt wrote to its stdout and stderr, on an event that ends it.
+    output: str | None = field(default=None, repr=False)
+
+    @property
+    def ends_attempt(self) -> bool:
+        """True for the event that says how an attempt ended."""
+        return self.attempt is not None and self.kind in END_REASONS
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of SPEC §9: ``{at, kind, message, attempt}``."""
-        return {
+        """The JSON shape of SPEC §9: ``{at, kind, message, attempt}``; an event that ends an
+        attempt also carries ``max_rss_kb`` and ``cpu_s`` (SPEC §13)."""
+        data: dict[str, Any] = {
             "at": iso(self.at),
             "kind": text_of(self.kind),
             "message": text_of(self.message),
             "attempt": self.attempt,
         }
+        if self.ends_attempt:
+            data["max_rss_kb"] = self.max_rss_kb
+            data["cpu_s"] = finite(self.cpu_s)
+        return data
 
 
 @dataclass(frozen=True)
@@ -256,7 +348,19 @@ class Job:
     lease_owner: str | None = None
     lease_expires_at: float | None = None
     log_incomplete: bool = False
+    queue: str = DEFAULT_QUEUE
+    unique_key: str | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    expires_at: float | None = None
+    schedule: str | None = None
+    scheduled_for: float | None = None
+    memory_limit: int | None = None
+    cpu_limit: float | None = None
     events: tuple[Event, ...] | None = field(default=None, compare=False)
+    #: True when an enqueue with a ``unique_key`` found this job already waiting or running,
+    #: and returned it instead of storing a new one.
+    duplicate: bool = field(default=False, compare=False)
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any], events: tuple[Event, ...] | None = None) -> Job:
@@ -287,6 +391,15 @@ class Job:
             lease_owner=row["lease_owner"],
             lease_expires_at=row["lease_expires_at"],
             log_incomplete=bool(row["log_incomplete"]),
+            queue=row["queue"],
+            unique_key=row["unique_key"],
+            concurrency_key=row["concurrency_key"],
+            concurrency_limit=row["concurrency_limit"],
+            expires_at=row["expires_at"],
+            schedule=row["schedule"],
+            scheduled_for=row["scheduled_for"],
+            memory_limit=row["memory_limit"],
+            cpu_limit=row["cpu_limit"],
             events=events,
         )
 
@@ -361,6 +474,12 @@ class Job:
             "error": text_of(self.error),
             "runner_id": text_of(self.runner_id),
             "pid": self.pid,
+            "queue": text_of(self.queue),
+            "unique_key": text_of(self.unique_key),
+            "concurrency_key": text_of(self.concurrency_key),
+            "expires_at": iso(self.expires_at),
+            "schedule": text_of(self.schedule),
+            "scheduled_for": iso(self.scheduled_for),
         }
         if self.events is not None:
             data["events"] = [e.to_dict() for e in self.events]

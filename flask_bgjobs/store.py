@@ -43,7 +43,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from flask_bgjobs import models
-from flask_bgjobs.errors import ConfigError, DatabaseBusy, InvalidTransition, JobNotFound
+from flask_bgjobs.errors import (
+    ConfigError,
+    DatabaseBusy,
+    InvalidTransition,
+    JobNotFound,
+    SchemaError,
+)
 from flask_bgjobs.models import Event, Job, events, jobs
 
 #: PostgreSQL LISTEN/NOTIFY channel that wakes runners when a job is enqueued or cancelled.
@@ -151,7 +157,7 @@ class Reclaimed:
 
 _ENQUEUE_COLUMNS = (
     "class_name", "method_name", "params", "status", "priority", "attempts", "max_attempts",
-    "delay", "timeout", "run_at", "created_at", "log_incomplete",
+    "delay", "timeout", "run_at", "created_at", "log_incomplete", "queue",
 )  # fmt: skip
 _INSERT_JOB = (
     f"INSERT INTO bgjobs_jobs ({', '.join(_ENQUEUE_COLUMNS)}) "
@@ -459,6 +465,54 @@ class Listener:
             self._conn.close()
 
 
+def _version_of(conn: Connection) -> str | None:
+    names = set(sa.inspect(conn).get_table_names())
+    if models.jobs.name not in names:
+        return None  # a version row left behind by dropped tables counts for nothing
+    if models.VERSION_TABLE in names:
+        found = conn.execute(sa.select(models.version.c.version_num)).scalar()
+        return None if found is None else str(found)
+    return "0001" if models.jobs.name in names else None
+
+
+def _check_known(version: str | None) -> None:
+    if version is not None and version > models.SCHEMA_VERSION:
+        raise SchemaError(
+            f"the job tables are at schema {version}, newer than this flask-bgjobs knows "
+            f"({models.SCHEMA_VERSION}): upgrade flask-bgjobs"
+        )
+
+
+class _Migrations:
+    """The migrations shipped in ``flask_bgjobs/migrations``, run through Alembic's API."""
+
+    def __init__(self, *, conn: Connection | None = None, dialect: str | None = None) -> None:
+        import io
+
+        from alembic.config import Config  # only when a schema changes: ~0.3 s to import
+
+        self.buffer = io.StringIO()
+        self.config = Config(output_buffer=self.buffer)
+        self.config.set_main_option("script_location", "flask_bgjobs:migrations")
+        self.config.attributes["connection"] = conn
+        self.config.attributes["dialect"] = dialect
+
+    def upgrade(self) -> None:
+        from alembic import command
+
+        command.upgrade(self.config, "head")
+
+    def upgrade_sql(self, current: str | None) -> str:
+        from alembic import command
+
+        command.upgrade(self.config, f"{current}:head" if current else "head", sql=True)
+        return self.buffer.getvalue()
+
+
+def _migrations(**kwargs: Any) -> _Migrations:
+    return _Migrations(**kwargs)
+
+
 class Store:
     """Jobs and their events in one SQL database (SQLite or PostgreSQL)."""
 
@@ -527,25 +581,80 @@ class Store:
         except DatabaseBusy:
             pass
 
+    # -- schema ------------------------------------------------------------------------------
+
+    def schema_version(self) -> str | None:
+        """The schema the database is at: ``None`` without job tables, ``"0001"`` for 0.1.0.
+
+        A read only, so a new process's first look never queues on SQLite's write lock.
+        """
+        try:
+            with self.engine.connect() as conn:
+                return _version_of(conn)
+        except OperationalError as exc:
+            raise _busy(exc) or exc from exc
+
     def ensure_tables(self) -> None:
-        """Create missing tables and indexes (idempotent, safe across processes)."""
+        """Create the tables, or upgrade them to `models.SCHEMA_VERSION`, keeping every row.
+
+        Idempotent and safe across processes: the version is read again under the write lock
+        (and a PostgreSQL advisory lock), so of several processes one does the work.
+        """
         with self._write(create=False) as conn:
             if self.is_postgres:
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_DDL_LOCK_KEY)))
-            models.metadata.create_all(conn, checkfirst=True)
+            current = _version_of(conn)
+            if current is None:
+                models.metadata.create_all(conn, checkfirst=True)
+                conn.execute(models.version.delete())
+                conn.execute(models.version.insert(), {"version_num": models.SCHEMA_VERSION})
+            elif current != models.SCHEMA_VERSION:
+                _check_known(current)
+                if not sa.inspect(conn).has_table(models.VERSION_TABLE):
+                    # 0.1.0 kept no version: stamp it, then walk the steps from there.
+                    models.version.create(conn)
+                    conn.execute(models.version.insert(), {"version_num": current})
+                _migrations(conn=conn).upgrade()
         self._ready = True
 
-    def _tables_exist(self) -> bool:
-        # A read, so that a new process's first look never queues on SQLite's write lock.
-        with self.engine.connect() as conn:
-            names = sa.inspect(conn).get_table_names()
-        return all(t.name in names for t in models.metadata.sorted_tables)
+    def upgrade_sql(self) -> str:
+        """The SQL `ensure_tables` would run on this database now, for a DBA to review."""
+        current = self.schema_version()
+        if current == models.SCHEMA_VERSION:
+            return f"-- the job tables are at schema {current} already: nothing to do\n"
+        stamp = ""
+        if current is not None:
+            _check_known(current)
+            with self.engine.connect() as conn:
+                if not sa.inspect(conn).has_table(models.VERSION_TABLE):
+                    # 0.1.0 kept no version: the steps start by recording it.
+                    create = sa.schema.CreateTable(models.version).compile(dialect=conn.dialect)
+                    stamp = (
+                        f"-- 0.1.0 kept no schema version: record it first\n{str(create).strip()};"
+                        f"\n\nINSERT INTO {models.VERSION_TABLE} (version_num) VALUES "
+                        f"('{current}');\n\n"
+                    )
+        return stamp + _migrations(dialect=self.backend).upgrade_sql(current)
 
     def _prepare(self) -> None:
-        if not self._ready:
-            if self.create_tables and not self._tables_exist():
-                self.ensure_tables()
-            self._ready = True
+        if self._ready:
+            return
+        current = self.schema_version()
+        if current != models.SCHEMA_VERSION:
+            if not self.create_tables:
+                _check_known(current)
+                if current is None:
+                    raise SchemaError(
+                        f"there are no job tables ({models.jobs.name}) in this database; create "
+                        "them with 'flask bgjobs init-db' (BGJOBS_CREATE_TABLES is false)"
+                    )
+                raise SchemaError(
+                    f"the job tables are at schema {current}, this flask-bgjobs needs "
+                    f"{models.SCHEMA_VERSION}; run 'flask bgjobs upgrade-db' (BGJOBS_CREATE_TABLES "
+                    "is false)"
+                )
+            self.ensure_tables()
+        self._ready = True
 
     @contextmanager
     def _write(self, *, create: bool = True) -> Iterator[Connection]:
@@ -672,6 +781,7 @@ class Store:
             "run_at": now + delay,
             "created_at": now,
             "log_incomplete": False,
+            "queue": models.DEFAULT_QUEUE,
         }
         if self.is_postgres:
             rows = self._hot_statement(
@@ -1049,7 +1159,7 @@ class Store:
             evs: tuple[Event, ...] | None = None
             if with_events:
                 evs = tuple(
-                    Event(r.at, r.kind, r.message, r.attempt)
+                    Event(r.at, r.kind, r.message, r.attempt, r.max_rss_kb, r.cpu_s, r.output)
                     for r in conn.execute(
                         sa.select(events).where(events.c.job_id == job_id).order_by(events.c.id)
                     )

@@ -34,8 +34,23 @@ SPEC_JOB_KEYS = frozenset(
         "id", "class_name", "method_name", "params", "status", "priority", "attempts",
         "max_attempts", "run_at", "created_at", "started_at", "finished_at", "progress",
         "progress_message", "result", "error", "runner_id", "pid",
+        # SPEC §10 (0.2.0)
+        "queue", "unique_key", "concurrency_key", "expires_at", "schedule", "scheduled_for",
     }
 )  # fmt: skip
+
+#: SPEC §9: an event's keys; one that ends an attempt also carries its usage (SPEC §13).
+SPEC_EVENT_KEYS = frozenset({"at", "kind", "message", "attempt"})
+SPEC_END_EVENT_KEYS = SPEC_EVENT_KEYS | {"max_rss_kb", "cpu_s"}
+
+
+def spec_event_keys(event: dict[str, Any]) -> frozenset[str]:
+    """The keys SPEC gives this event in the JSON."""
+    from flask_bgjobs.models import END_REASONS
+
+    ends = event.get("attempt") is not None and event.get("kind") in END_REASONS
+    return SPEC_END_EVENT_KEYS if ends else SPEC_EVENT_KEYS
+
 
 T = TypeVar("T")
 
@@ -161,7 +176,12 @@ def reset_postgres(uri: str) -> None:
     engine = sa.create_engine(uri)
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE IF EXISTS bgjobs_events, bgjobs_jobs CASCADE"))
+            conn.execute(
+                sa.text(
+                    "DROP TABLE IF EXISTS bgjobs_events, bgjobs_jobs, bgjobs_queues, "
+                    "bgjobs_schedules, bgjobs_alembic_version CASCADE"
+                )
+            )
     finally:
         engine.dispose()
 

@@ -450,7 +450,7 @@ def test_live_refresh_shows_control_characters_as_visible_escapes(
     esc = "\x1b[31m\x07\x9b\u2028\x85"
     shown = "\\x1b[31m\\x07\\x9b\\u2028\\x85"
     with web.app_context():
-        web.extensions["bgjobs"].ext.init_db()
+        jobapp.bgjobs.init_db()
     now = time.time()
     common = {
         "params": "[]",

@@ -11,7 +11,7 @@ from typing import Any
 
 import jobapp
 import pytest
-from conftest import SPEC_JOB_KEYS, Env, wait_for
+from conftest import SPEC_JOB_KEYS, Env, spec_event_keys, wait_for
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -21,7 +21,6 @@ from .conftest import PREFIX, J, S, Seeded
 
 #: SPEC §9: the job JSON; ``events`` only on the single-job view.
 JOB_KEYS = SPEC_JOB_KEYS
-EVENT_KEYS = {"at", "kind", "message", "attempt"}
 
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
@@ -168,7 +167,7 @@ def test_a_search_no_job_name_can_hold_is_an_empty_result_on_both_backends(
     # PostgreSQL refuses NUL in text outright: that must not become a 500, nor differ by backend.
     with web.app_context():
         run_background_job(J, "greet", {"name": "Ada"}, delay=3600)
-        assert web.extensions["bgjobs"].ext.list_jobs(q=q) == ([], 0)
+        assert jobapp.bgjobs.list_jobs(q=q) == ([], 0)
     page = client.get(PREFIX + "/jobs", query_string={"q": q})
     assert page.status_code == 200
     assert row_ids(text(page)) == []
@@ -309,7 +308,7 @@ def test_api_jobs_job_and_stats_have_exactly_the_spec_shapes(
         utc(one[key])
     assert [e["kind"] for e in one["events"]] == ["started", "exception"]
     for event in one["events"]:
-        assert set(event) == EVENT_KEYS
+        assert set(event) == spec_event_keys(event)
         utc(event["at"])
     assert one == seeded.failed.to_dict()
 

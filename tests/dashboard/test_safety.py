@@ -388,7 +388,7 @@ def test_control_characters_in_any_job_text_show_as_visible_escapes(
     raw, esc = char
     now = time.time()
     with web.app_context():
-        web.extensions["bgjobs"].ext.init_db()
+        jobapp.bgjobs.init_db()
     # Rows as a job (or someone with write access) could leave them: every text field carries
     # the character, each behind its own label so the test can tell which field is shown how.
     texts = {
@@ -525,7 +525,7 @@ def test_a_refused_action_names_a_stored_status_with_visible_escapes(
     web: Flask, client: FlaskClient
 ) -> None:
     with web.app_context():
-        web.extensions["bgjobs"].ext.init_db()
+        jobapp.bgjobs.init_db()
     with web.extensions["bgjobs"].store.engine.begin() as conn:
         job_id = _insert_job(conn, status="odd\x1b[31m\u2028")
     token = csrf_token_of(client)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import jobapp
 import pytest
 import sqlalchemy as sa
 from flask import Flask
@@ -71,7 +72,7 @@ def rows(web: Flask) -> Iterator[dict[str, int]]:
     now = time.time()
     ids: dict[str, int] = {}
     with web.app_context():
-        web.extensions["bgjobs"].ext.init_db()
+        jobapp.bgjobs.init_db()
     with web.extensions["bgjobs"].store.engine.begin() as conn:
         for label, values in ROWS.items():
             row = {

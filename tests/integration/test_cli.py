@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import SPEC_JOB_KEYS, Env, pid_alive, wait_for
+from conftest import SPEC_JOB_KEYS, Env, pid_alive, spec_event_keys, wait_for
 
 from flask_bgjobs import run_background_job
 from flask_bgjobs.errors import JobNotFound
@@ -39,10 +39,10 @@ COMMANDS = (
     "stats",
     "sweep",
     "init-db",
+    "upgrade-db",
 )
 #: SPEC §9: the job JSON of `show --json` (and, without ``events``, of `list --json`).
 JOB_KEYS = {*SPEC_JOB_KEYS, "events"}
-EVENT_KEYS = {"at", "kind", "message", "attempt"}
 # C0, DEL and C1 controls: none may reach the terminal raw (ESC sequences in names above all).
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -187,7 +187,7 @@ def test_show_prints_a_job_as_readable_text_and_as_the_spec_json(env: Env, bgjob
     assert times["created_at"] <= times["started_at"] <= times["finished_at"]
     assert [e["kind"] for e in data["events"]] == ["started", "exception"]
     for e in data["events"]:
-        assert set(e) == EVENT_KEYS
+        assert set(e) == spec_event_keys(e)
         assert e["attempt"] == 1
         utc(e["at"])
     assert "ValueError: boom" in data["events"][1]["message"]
@@ -429,7 +429,8 @@ def test_init_db_creates_the_tables(
     monkeypatch.setenv("BGJOBS_CREATE_TABLES", "false")
 
     refused(env.flask("bgjobs", "list"), "bgjobs_jobs", "flask bgjobs init-db")
-    assert ok(env.flask("bgjobs", "init-db")) == "job tables ready\n"
+    assert ok(env.flask("bgjobs", "init-db")) == "job tables created (schema 0002)\n"
+    assert ok(env.flask("bgjobs", "init-db")) == "job tables ready (schema 0002)\n"
     engine = sa.create_engine(uri)
     try:
         assert {"bgjobs_jobs", "bgjobs_events"} <= set(sa.inspect(engine).get_table_names())
