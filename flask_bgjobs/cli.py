@@ -7,6 +7,7 @@ errors are folded into one line too, and every other error becomes ``Error: <one
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -125,7 +126,15 @@ def _state() -> AppState:
     metavar="N",
     help="Attempts one job process runs one after another (default: BGJOBS_PROCESS_REUSE, 1).",
 )
-def worker_command(concurrency: int | None, burst: bool, reuse: int | None) -> None:
+@click.option(
+    "--queues",
+    default=None,
+    metavar="Q1,Q2",
+    help="Claim only jobs of these queues (default: every queue).",
+)
+def worker_command(
+    concurrency: int | None, burst: bool, reuse: int | None, queues: str | None
+) -> None:
     """Run jobs in this process until SIGTERM or Ctrl-C.
 
     \b
@@ -133,6 +142,7 @@ def worker_command(concurrency: int | None, burst: bool, reuse: int | None) -> N
       flask --app myapp bgjobs worker --concurrency 4
       flask --app myapp bgjobs worker --burst
       flask --app myapp bgjobs worker --reuse 100
+      flask --app myapp bgjobs worker --queues mail,default
     """
     from flask_bgjobs.runner import Runner  # only this command needs it
 
@@ -142,7 +152,12 @@ def worker_command(concurrency: int | None, burst: bool, reuse: int | None) -> N
     # locked SQLite file is no such error: the runner waits for it like any other.
     state.store.ping()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    runner = Runner.for_app(app, state, concurrency=concurrency, burst=burst, reuse=reuse)
+    served = tuple(
+        service.queue_name(q.strip(), "") for q in (queues or "").split(",") if q.strip()
+    )
+    runner = Runner.for_app(
+        app, state, concurrency=concurrency, burst=burst, reuse=reuse, queues=served or None
+    )
     raise SystemExit(runner.run(app))
 
 
@@ -176,6 +191,33 @@ def worker_command(concurrency: int | None, burst: bool, reuse: int | None) -> N
     default=None,
     help="Seconds per attempt, 0 for none (default: BGJOBS_JOB_TIMEOUT).",
 )
+@click.option("--queue", default=None, help="The job's queue (default: BGJOBS_DEFAULT_QUEUE).")
+@click.option(
+    "--at",
+    "run_at",
+    default=None,
+    metavar="WHEN",
+    help="When to run it, ISO 8601 with a time zone: 2026-12-24T18:00:00Z (not with --delay).",
+)
+@click.option(
+    "--expires-in",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="S",
+    help="Cancel it (expired) if it has not started S seconds after falling due.",
+)
+@click.option(
+    "--unique-key", default=None, help="Store nothing if a job with this key waits or runs."
+)
+@click.option(
+    "--concurrency-key", default=None, help="At most --concurrency-limit jobs with it run at once."
+)
+@click.option(
+    "--concurrency-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --concurrency-key (default 1).",
+)
 def enqueue_command(
     class_name: str,
     method_name: str,
@@ -184,6 +226,12 @@ def enqueue_command(
     delay: float | None,
     priority: int | None,
     timeout: float | None,
+    queue: str | None,
+    run_at: str | None,
+    expires_in: float | None,
+    unique_key: str | None,
+    concurrency_key: str | None,
+    concurrency_limit: int | None,
 ) -> None:
     """Enqueue a job and print its id.
 
@@ -194,6 +242,8 @@ def enqueue_command(
     Examples:
       flask bgjobs enqueue demo_app.jobs.Reports process_data --params '[42]' --priority 5
       flask bgjobs enqueue demo_app.mail send --params '{"to": "ada@example.com"}' --delay 60
+      flask bgjobs enqueue demo_app.mail send --queue mail --at 2026-12-24T18:00:00Z
+      flask bgjobs enqueue demo_app.jobs.Reports process_data --unique-key report-42
     """
     state = _state()
     decoded = None
@@ -204,9 +254,24 @@ def enqueue_command(
             service.log_rejected(state, class_name, method_name, exc)
             raise
     job = service.enqueue(
-        state, class_name, method_name, decoded, retries, delay, priority, timeout=timeout
-    )
+        state, class_name, method_name, decoded, retries, delay, priority, timeout=timeout,
+        queue=queue, run_at=_when_given(run_at), expires_in=expires_in, unique_key=unique_key,
+        concurrency_key=concurrency_key, concurrency_limit=concurrency_limit,
+    )  # fmt: skip
     click.echo(job.id)
+
+
+def _when_given(text: str | None) -> datetime | None:
+    """``--at``: ISO 8601 with a time zone (``Z`` or ``+01:00``); a naive time is refused."""
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not an ISO 8601 time such as 2026-12-24T18:00:00Z",
+            param_hint="'--at'",
+        ) from None
 
 
 @bgjobs_cli.command("list")
@@ -220,16 +285,20 @@ def enqueue_command(
     show_default=True,
     help="Show at most this many (the newest).",
 )
+@click.option("--queue", default=None, help="Only jobs of this queue.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of jobs.")
-def list_command(status: str | None, limit: int, as_json: bool) -> None:
+def list_command(status: str | None, limit: int, queue: str | None, as_json: bool) -> None:
     """List jobs, newest first.
 
     \b
     Examples:
       flask bgjobs list --status failed --limit 50
+      flask bgjobs list --queue mail
       flask bgjobs list --json
     """
-    jobs, total = service.list_jobs(_state(), status=status, per_page=min(limit, _MAX_ID))
+    jobs, total = service.list_jobs(
+        _state(), status=status, per_page=min(limit, _MAX_ID), queue=queue
+    )
     if as_json:
         click.echo(json.dumps([j.to_dict() for j in jobs], indent=2))
         return
@@ -477,3 +546,141 @@ def _upgrade() -> None:
         click.echo(f"job tables upgraded from schema {before} to {after}")
     else:
         click.echo(f"job tables ready (schema {after})")
+
+
+# -- queues and recurring jobs ----------------------------------------------------------------
+
+
+@bgjobs_cli.command("queues")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of queues.")
+def queues_command(as_json: bool) -> None:
+    """List queues: jobs waiting and running, paused or not, limit.
+
+    Every queue with jobs waiting or running, a stored setting (paused) or a limit in
+    BGJOBS_QUEUE_LIMITS, and the default queue.
+
+    \b
+    Examples:
+      flask bgjobs queues
+      flask bgjobs queues --json
+    """
+    found = service.queues(_state())
+    if as_json:
+        click.echo(json.dumps([q.to_dict() for q in found], indent=2))
+        return
+    header = ("QUEUE", "PENDING", "RUNNING", "LIMIT", "OLDEST WAITING", "STATE")
+    rows = [
+        (
+            q.name,
+            str(q.pending),
+            str(q.running),
+            "-" if q.limit is None else str(q.limit),
+            "-" if q.oldest_waiting is None else f"{q.oldest_waiting:.0f} s",
+            "paused" if q.paused else "active",
+        )
+        for q in found
+    ]
+    _table(header, rows, right=(False, True, True, True, True, False))
+
+
+@bgjobs_cli.command("pause")
+@click.argument("queue", required=False)
+@click.option("--schedule", "schedule", default=None, metavar="NAME", help="Pause a recurring job.")
+def pause_command(queue: str | None, schedule: str | None) -> None:
+    """Pause a queue (its jobs are not claimed) or, with --schedule, a recurring job.
+
+    Running jobs finish. The pause is stored in the database: it holds for every runner on
+    every host and survives restarts, until resume.
+
+    \b
+    Examples:
+      flask bgjobs pause mail
+      flask bgjobs pause --schedule nightly-report
+    """
+    state = _state()
+    if _one_of(queue, schedule) == "queue":
+        assert queue is not None
+        service.pause(state, queue)
+        click.echo(f"queue {queue} paused")
+    else:
+        assert schedule is not None
+        service.pause_schedule(state, schedule)
+        click.echo(f"schedule {schedule} paused")
+
+
+@bgjobs_cli.command("resume")
+@click.argument("queue", required=False)
+@click.option(
+    "--schedule", "schedule", default=None, metavar="NAME", help="Resume a recurring job."
+)
+def resume_command(queue: str | None, schedule: str | None) -> None:
+    """Resume a paused queue or, with --schedule, a recurring job.
+
+    A resumed recurring job runs from its next tick: ticks missed while paused never run.
+
+    \b
+    Examples:
+      flask bgjobs resume mail
+      flask bgjobs resume --schedule nightly-report
+    """
+    state = _state()
+    if _one_of(queue, schedule) == "queue":
+        assert queue is not None
+        service.resume(state, queue)
+        click.echo(f"queue {queue} resumed")
+    else:
+        assert schedule is not None
+        service.resume_schedule(state, schedule)
+        click.echo(f"schedule {schedule} resumed")
+
+
+def _one_of(queue: str | None, schedule: str | None) -> str:
+    if (queue is None) == (schedule is None):
+        raise click.UsageError("give a QUEUE or --schedule NAME (one of them)")
+    return "queue" if queue is not None else "schedule"
+
+
+@bgjobs_cli.command("schedules")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of recurring jobs.")
+def schedules_command(as_json: bool) -> None:
+    """List recurring jobs: the job, cron or every, next run (UTC), last job, paused.
+
+    \b
+    Examples:
+      flask bgjobs schedules
+      flask bgjobs schedules --json
+    """
+    found = service.schedules(_state())
+    if as_json:
+        click.echo(json.dumps([s.to_dict() for s in found], indent=2))
+        return
+    if not found:
+        click.echo("no recurring jobs (BGJOBS_SCHEDULE, bgjobs.schedule())")
+        return
+    header = ("NAME", "JOB", "WHEN", "NEXT RUN (UTC)", "LAST JOB", "STATE")
+    rows = [
+        (
+            security.printable(s.name),
+            security.printable(s.job),
+            f"cron {s.cron}" + (f" ({s.timezone})" if s.timezone != "UTC" else "")
+            if s.cron
+            else f"every {s.every} s",
+            _when(s.next_run),
+            "-" if s.last_job_id is None else f"{s.last_job_id} ({s.last_status or 'deleted'})",
+            "paused" if s.paused else "active",
+        )
+        for s in found
+    ]
+    _table(header, rows, right=(False,) * 6)
+
+
+def _table(
+    header: tuple[str, ...], rows: Sequence[tuple[str, ...]], *, right: tuple[bool, ...]
+) -> None:
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        cells = [
+            cell.rjust(w) if r else cell.ljust(w)
+            for cell, w, r in zip(row, widths, right, strict=True)
+        ]
+        click.echo("  ".join(cells).rstrip())

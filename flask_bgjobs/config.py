@@ -21,6 +21,7 @@ from dotenv import dotenv_values
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from flask_bgjobs import models, recurring
 from flask_bgjobs.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -87,6 +88,16 @@ class Settings:
     process_reuse: int
     #: ``BGJOBS_START_METHOD``: ``"fork"`` or ``"spawn"``.
     start_method: str
+    #: ``BGJOBS_DEFAULT_QUEUE``: the queue of a job enqueued without one.
+    default_queue: str
+    #: ``BGJOBS_QUEUES``: the queues an auto-started runner serves; ``None`` for all.
+    queues: tuple[str, ...] | None
+    #: ``BGJOBS_QUEUE_LIMITS``: queue → most jobs of it running at once, across all runners.
+    queue_limits: Mapping[str, int]
+    #: ``BGJOBS_RETENTION_DAYS``: finished jobs are deleted after this many days; 0 keeps all.
+    retention_days: float
+    #: ``BGJOBS_SCHEDULE``: recurring jobs by name.
+    schedule: Mapping[str, recurring.Schedule]
 
 
 @dataclass(frozen=True)
@@ -351,6 +362,67 @@ def _allowed_jobs(value: object, ctx: Context) -> Mapping[str, tuple[str, ...] |
     return MappingProxyType(allowed)
 
 
+def _queue(value: object, ctx: Context) -> str:
+    if not isinstance(value, str) or not models.QUEUE_RE.fullmatch(value.strip()):
+        raise _Invalid(f"expected a queue name of 1 to 64 of A-Z a-z 0-9 _ . -, got {_show(value)}")
+    return value.strip()
+
+
+def _queue_list(value: object, ctx: Context) -> tuple[str, ...] | None:
+    if value is None or (isinstance(value, str) and value.strip() in ("", "*")):
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple, set, frozenset)):
+        raise _Invalid(f"expected a list of queue names or 'mail,default', got {_show(value)}")
+    names = [
+        _queue(item, ctx) for item in items if not (isinstance(item, str) and not item.strip())
+    ]
+    return tuple(dict.fromkeys(names)) or None
+
+
+def _queue_limits(value: object, ctx: Context) -> Mapping[str, int]:
+    pairs: list[tuple[object, object]]
+    if isinstance(value, str):
+        pairs = []
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            queue_text, colon, count_text = item.partition(":")
+            if not colon:
+                raise _Invalid(f"expected 'mail:2,reports:1', got {_show(item)}")
+            pairs.append((queue_text, count_text))
+    elif isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        raise _Invalid(f"expected a dict {{'mail': 2}} or 'mail:2,reports:1', got {_show(value)}")
+    limits: dict[str, int] = {}
+    for queue, number in pairs:
+        try:
+            limits[_queue(queue, ctx)] = int(_integer(1)(number, ctx))  # type: ignore[call-overload]
+        except _Invalid as exc:
+            raise _Invalid(f"queue {_show(queue)}: {exc}") from None
+    return MappingProxyType(limits)
+
+
+def _schedule(value: object, ctx: Context) -> Mapping[str, recurring.Schedule]:
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError as exc:
+            raise _Invalid(f"expected a JSON object of schedules: {exc}") from None
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"expected a dict of schedules by name, got {type(value).__name__}")
+    found = {}
+    for name, spec in value.items():
+        try:
+            found[name] = recurring.parse(name, spec)
+        except recurring.ScheduleError as exc:
+            raise _Invalid(str(exc)) from None
+    return MappingProxyType(found)
+
+
 # --- the keys --------------------------------------------------------------------------------
 
 #: Every key, in the order of the SPEC table (``BGJOBS_IDLE_TIMEOUT`` last).
@@ -556,6 +628,44 @@ KEYS: tuple[Key, ...] = (
         _choice("fork", "spawn"),
         "'fork': job processes are forked from the runner (fast). 'spawn': each is a fresh "
         "interpreter that loads the app, for apps that are not fork-safe.",
+    ),
+    Key(
+        "BGJOBS_DEFAULT_QUEUE",
+        models.DEFAULT_QUEUE,
+        None,
+        _queue,
+        "The queue of a job enqueued without one.",
+    ),
+    Key(
+        "BGJOBS_QUEUES",
+        None,
+        None,
+        _queue_list,
+        "The queues an auto-started runner serves ('mail,default'); unset: all of them.",
+    ),
+    Key(
+        "BGJOBS_QUEUE_LIMITS",
+        {},
+        None,
+        _queue_limits,
+        "Most jobs of a queue running at once across every runner sharing the database: "
+        "{'mail': 2} in app.config, 'mail:2,reports:1' in the environment.",
+    ),
+    Key(
+        "BGJOBS_RETENTION_DAYS",
+        0.0,
+        None,
+        _seconds(0),
+        "Runners delete succeeded and cancelled jobs that finished longer ago than this many "
+        "days, failed ones after twice that; 0 keeps everything.",
+    ),
+    Key(
+        "BGJOBS_SCHEDULE",
+        {},
+        None,
+        _schedule,
+        "Recurring jobs by name: {'nightly': {'job': 'pkg.mod.Class:method', 'cron': "
+        "'0 2 * * *'}}; in the environment, the same as a JSON object.",
     ),
 )
 

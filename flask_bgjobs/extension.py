@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, current_app
 
-from flask_bgjobs import config, security, service
+from flask_bgjobs import config, recurring, security, service
 from flask_bgjobs.cli import bgjobs_cli
-from flask_bgjobs.errors import DatabaseBusy
+from flask_bgjobs.errors import BgJobsError, ConfigError, DatabaseBusy
 from flask_bgjobs.joblog import JobLog
 from flask_bgjobs.launcher import Launcher
 from flask_bgjobs.models import Job
@@ -64,9 +66,13 @@ class BackgroundJobs:
             launcher=Launcher(app.instance_path, settings.database_uri),
             app_import=settings.app_import or _import_string(app),
         )
+        state = app.extensions[EXTENSION_KEY]
+        _check_schedules(state)
         app.cli.add_command(bgjobs_cli)
         # A request that enqueues while SQLite stays locked gets "try again", not a 500.
         app.register_error_handler(DatabaseBusy, _busy_response)
+        # Recurring jobs need a runner even when nobody enqueues: the first request starts one.
+        app.before_request(_RunnerForSchedules(state))
         if settings.dashboard:
             from flask_bgjobs import dashboard  # only when enabled: it loads templates, forms
 
@@ -90,6 +96,38 @@ class BackgroundJobs:
             named = tuple(before) if isinstance(before, (tuple, list, set, frozenset)) else ()
             allowed[class_name] = tuple(dict.fromkeys((*named, *methods)))
 
+    def schedule(
+        self,
+        name: str,
+        class_name: str,
+        method_name: str,
+        *,
+        cron: str | None = None,
+        every: int | None = None,
+        timezone: str = "UTC",
+        params: list[Any] | dict[str, Any] | None = None,
+        priority: int | None = None,
+        retry_attempts: int | None = None,
+        timeout: float | None = None,
+        queue: str | None = None,
+        overlap: str = "skip",
+    ) -> None:
+        """Run ``class_name.method_name`` on a schedule: ``cron`` (five fields, in `timezone`)
+        or ``every`` N seconds; exactly one job per tick however many runners there are.
+
+        Takes the options of a ``BGJOBS_SCHEDULE`` entry. Call it before ``init_app``, like
+        `allow` (the target must be allowed): `ConfigError` names the schedule and the field.
+        """
+        spec: dict[str, Any] = {"job": (class_name, method_name), "timezone": timezone}
+        spec |= {"cron": cron, "every": every, "params": params, "priority": priority}
+        spec |= {"retry_attempts": retry_attempts, "timeout": timeout, "queue": queue}
+        spec |= {"overlap": overlap}
+        spec = {k: v for k, v in spec.items() if v is not None}
+        try:
+            self.registry.schedules[name] = recurring.parse(name, spec)
+        except recurring.ScheduleError as exc:
+            raise ConfigError("BGJOBS_SCHEDULE", str(exc)) from None
+
     def dashboard_auth(self, func: Callable[[], object]) -> Callable[[], object]:
         """Register a callable (no arguments, reads `flask.request`) that admits a request."""
         self.registry.dashboard_auth = func
@@ -112,15 +150,24 @@ class BackgroundJobs:
         priority: int | None = None,
         *,
         timeout: float | None = None,
+        queue: str | None = None,
+        run_at: datetime | None = None,
+        expires_in: float | None = None,
+        unique_key: str | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
+        memory_limit: int | None = None,
+        cpu_limit: float | None = None,
     ) -> Job:
         """Validate, store and hand a job to a runner; return the persisted `Job`.
 
-        Raises `InvalidJob` or `JobNotAllowed` (nothing stored, nothing imported, one line in
-        the error log), or `DatabaseBusy` when SQLite stayed locked (nothing stored).
+        Takes the arguments of `run_background_job`, which describes them.
         """
         return service.enqueue(
             self.state(), class_name, method_name, params, retry_attempts, delay, priority,
-            timeout=timeout,
+            timeout=timeout, queue=queue, run_at=run_at, expires_in=expires_in,
+            unique_key=unique_key, concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit, memory_limit=memory_limit, cpu_limit=cpu_limit,
         )  # fmt: skip
 
     def log_rejected(self, class_name: object, method_name: object, exc: BaseException) -> None:
@@ -188,6 +235,43 @@ class BackgroundJobs:
         return runner.run(app)
 
 
+def _check_schedules(state: AppState) -> None:
+    """Every recurring job must be one that may run: refuse to start otherwise."""
+    for name, spec in state.schedules().items():
+        try:
+            security.check_target(spec.class_name, spec.method_name, state.allowlist)
+            service.build(
+                state, spec.class_name, spec.method_name, spec.params, spec.retry_attempts,
+                None, spec.priority, timeout=spec.timeout, queue=spec.queue,
+            )  # fmt: skip
+        except BgJobsError as exc:
+            field_name = "params" if "params" in str(exc) else "job"
+            raise ConfigError(
+                "BGJOBS_SCHEDULE", f"schedule {name!r}, field {field_name!r}: {exc}"
+            ) from None
+
+
+class _RunnerForSchedules:
+    """Before a request: while recurring jobs exist, make sure a runner is alive on this host.
+
+    Checks at most every `EVERY` seconds per process; the check itself is a lock probe.
+    """
+
+    EVERY = 10.0
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.next_check = 0.0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now < self.next_check or not self.state.settings.autostart:
+            return
+        self.next_check = now + self.EVERY
+        if self.state.schedules():
+            service.ensure_runner(self.state)
+
+
 def _busy_response(exc: DatabaseBusy) -> Response:
     """503 with Retry-After: the enqueue wrote nothing and may simply be repeated."""
     response = Response(f"{exc}\n", status=503, mimetype="text/plain")
@@ -228,13 +312,33 @@ def run_background_job(
     priority: int | None = None,
     *,
     timeout: float | None = None,
+    queue: str | None = None,
+    run_at: datetime | None = None,
+    expires_in: float | None = None,
+    unique_key: str | None = None,
+    concurrency_key: str | None = None,
+    concurrency_limit: int | None = None,
+    memory_limit: int | None = None,
+    cpu_limit: float | None = None,
 ) -> Job:
     """Run ``class_name.method_name(*params)`` in the background; return the stored `Job`.
 
     Needs an application context with flask-bgjobs initialised (`RuntimeError` otherwise).
     ``None`` arguments take the configured defaults.
+
+    - `queue`: the job's queue (``BGJOBS_DEFAULT_QUEUE``); runners may serve only some.
+    - `run_at`: a timezone-aware `datetime` to run at, instead of a `delay` in seconds.
+    - `expires_in`: seconds; a job not started that long after it fell due is cancelled
+      (end reason ``expired``) and never runs.
+    - `unique_key`: while a job with this key waits or runs, return that job
+      (``job.duplicate``) instead of storing another.
+    - `concurrency_key` with `concurrency_limit` (default 1): at most that many jobs with the
+      key run at once, across every runner; the others wait without spending attempts.
+    - `memory_limit` (bytes) and `cpu_limit` (CPU seconds) for each attempt's process.
     """
     return service.enqueue(
         get_state(), class_name, method_name, params, retry_attempts, delay, priority,
-        timeout=timeout,
+        timeout=timeout, queue=queue, run_at=run_at, expires_in=expires_in,
+        unique_key=unique_key, concurrency_key=concurrency_key,
+        concurrency_limit=concurrency_limit, memory_limit=memory_limit, cpu_limit=cpu_limit,
     )  # fmt: skip

@@ -26,12 +26,14 @@ __all__ = [
     "cancelled",
     "completed",
     "error_text",
+    "expired",
     "failed",
     "interrupted",
     "parse_line",
     "progress",
     "rejected",
     "retrying",
+    "skipped",
     "started",
     "tail",
     "timestamp",
@@ -142,6 +144,19 @@ def interrupted(name: str, job_id: int, attempt: int, max_attempts: int) -> str:
         f"Job interrupted by shutdown for {_printable(name)} "
         f"(job {_printable(job_id)}, attempt {attempt}/{max_attempts}); returned to pending."
     )
+
+
+def expired(name: str, job_id: int) -> str:
+    """Message for a job cancelled because it did not start within its ``expires_in``."""
+    return (
+        f"Job expired for {_printable(name)} (job {_printable(job_id)}): not started within "
+        "its expires_in of falling due; cancelled, never run."
+    )
+
+
+def skipped(schedule: str, tick: str, job_id: int) -> str:
+    """Message for a schedule tick skipped because the previous job has not finished."""
+    return f"Schedule {_printable(schedule)} skipped for {tick}: job {job_id} has not finished."
 
 
 def cancelled(name: str, job_id: int) -> str:

@@ -7,6 +7,7 @@ same way and tests can age a lease with one ``UPDATE``; they are shown as ISO 86
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -55,6 +56,8 @@ END_LEASE_EXPIRED = "lease_expired"
 END_SHUTDOWN = "shutdown"
 END_CANCELLED = "cancelled"
 END_REJECTED = "rejected"
+#: Never started within ``expires_in`` of falling due: cancelled, never run (not an attempt).
+END_EXPIRED = "expired"
 END_REASONS: tuple[str, ...] = (
     END_SUCCEEDED,
     END_EXCEPTION,
@@ -65,6 +68,7 @@ END_REASONS: tuple[str, ...] = (
     END_SHUTDOWN,
     END_CANCELLED,
     END_REJECTED,
+    END_EXPIRED,
 )
 
 #: Reasons that count as a failed attempt (not cancels or shutdowns, which operators chose).
@@ -82,6 +86,8 @@ ATTEMPT_FAILURES: tuple[str, ...] = (
 SCHEMA_VERSION = "0002"
 #: The queue of a job enqueued without one, unless ``BGJOBS_DEFAULT_QUEUE`` says otherwise.
 DEFAULT_QUEUE = "default"
+#: What a queue may be called (SPEC §10).
+QUEUE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}", re.ASCII)
 #: Statuses during which a ``unique_key`` stays taken.
 UNIQUE_STATUSES: tuple[str, ...] = (PENDING, RETRYING, RUNNING)
 
@@ -484,3 +490,78 @@ class Job:
         if self.events is not None:
             data["events"] = [e.to_dict() for e in self.events]
         return data
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """One queue as `flask bgjobs queues` and the Queues page show it."""
+
+    name: str
+    #: Jobs waiting: ``pending`` or ``retrying``, due or not.
+    pending: int
+    running: int
+    paused: bool
+    #: ``BGJOBS_QUEUE_LIMITS`` for it, or ``None``.
+    limit: int | None
+    #: Seconds the longest-waiting due job has waited since it fell due (``None``: none due).
+    oldest_waiting: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``flask bgjobs queues --json``."""
+        return {
+            "name": self.name,
+            "pending": self.pending,
+            "running": self.running,
+            "paused": self.paused,
+            "limit": self.limit,
+            "oldest_waiting_seconds": finite(self.oldest_waiting),
+        }
+
+
+@dataclass(frozen=True)
+class ScheduleRow:
+    """What the database holds for one schedule (shared by every runner)."""
+
+    name: str
+    paused: bool
+    last_tick: float | None
+    last_job_id: int | None
+    #: The status of that last job, if it still exists.
+    last_status: str | None
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """One recurring job as `flask bgjobs schedules` and the Schedules page show it."""
+
+    name: str
+    #: ``pkg.mod.Class::method``.
+    job: str
+    cron: str | None
+    every: int | None
+    timezone: str
+    #: The schedule in words: "At 02:00 every day", "every 60 s".
+    words: str
+    next_run: float | None
+    last_job_id: int | None
+    last_status: str | None
+    paused: bool
+    queue: str
+    overlap: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``flask bgjobs schedules --json``."""
+        return {
+            "name": self.name,
+            "job": self.job,
+            "cron": self.cron,
+            "every": self.every,
+            "timezone": self.timezone,
+            "words": self.words,
+            "next_run": iso(self.next_run),
+            "last_job_id": self.last_job_id,
+            "last_status": self.last_status,
+            "paused": self.paused,
+            "queue": self.queue,
+            "overlap": self.overlap,
+        }

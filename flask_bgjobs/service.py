@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from flask_bgjobs import joblog, models, security
+from flask_bgjobs import joblog, models, recurring, security
 from flask_bgjobs.errors import BgJobsError, InvalidJob
 from flask_bgjobs.models import Job
 from flask_bgjobs.state import AppState
-from flask_bgjobs.store import Reclaimed
+from flask_bgjobs.store import NewJob, Reclaimed
 
 #: Priorities and attempt counts are stored as 32-bit integers on every backend.
 INT_RANGE = (-(2**31), 2**31 - 1)
@@ -38,25 +39,87 @@ def enqueue(
     priority: int | None = None,
     *,
     timeout: float | None = None,
+    queue: str | None = None,
+    run_at: datetime | None = None,
+    expires_in: float | None = None,
+    unique_key: str | None = None,
+    concurrency_key: str | None = None,
+    concurrency_limit: int | None = None,
+    memory_limit: int | None = None,
+    cpu_limit: float | None = None,
 ) -> Job:
     """Validate, store and hand a job to a runner; return the persisted `Job`.
 
     Raises `InvalidJob` or `JobNotAllowed` (nothing stored, nothing imported, one line in the
-    error log), or `DatabaseBusy` when SQLite stayed locked (nothing stored).
+    error log), or `DatabaseBusy` when SQLite stayed locked (nothing stored). With a
+    ``unique_key`` already held by a waiting or running job, returns that job
+    (``job.duplicate`` is true) and stores nothing.
     """
-    s = state.settings
     try:
-        # Names and allowlist; for a "*" grant, the runner's own lookup (security.resolve).
-        security.check_target(class_name, method_name, state.allowlist)
-        params_json = security.encode_params(params, s.max_params_bytes)
-        retries = count("retry_attempts", retry_attempts, s.default_retry_attempts)
-        wait = seconds("delay", delay, s.default_delay)
-        prio = integer("priority", priority, s.default_priority)
-        limit = seconds("timeout", timeout, s.job_timeout)
+        new = build(
+            state, class_name, method_name, params, retry_attempts, delay, priority,
+            timeout=timeout, queue=queue, run_at=run_at, expires_in=expires_in,
+            unique_key=unique_key, concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit, memory_limit=memory_limit, cpu_limit=cpu_limit,
+        )  # fmt: skip
     except BgJobsError as exc:
         log_rejected(state, class_name, method_name, exc)
         raise
-    job = state.store.enqueue(
+    job = state.store.enqueue(new)
+    if not job.duplicate:
+        wake(state)
+    return job
+
+
+def build(
+    state: AppState,
+    class_name: str,
+    method_name: str,
+    params: list[Any] | dict[str, Any] | None = None,
+    retry_attempts: int | None = None,
+    delay: float | None = None,
+    priority: int | None = None,
+    *,
+    timeout: float | None = None,
+    queue: str | None = None,
+    run_at: datetime | None = None,
+    expires_in: float | None = None,
+    unique_key: str | None = None,
+    concurrency_key: str | None = None,
+    concurrency_limit: int | None = None,
+    memory_limit: int | None = None,
+    cpu_limit: float | None = None,
+    schedule: str | None = None,
+    scheduled_for: float | None = None,
+    now: float | None = None,
+) -> NewJob:
+    """Check every argument of an enqueue and return the row to insert; `InvalidJob` if bad.
+
+    Nothing is stored or imported here (a ``"*"`` grant looks the target up in its already
+    allowed module).
+    """
+    s = state.settings
+    now = time.time() if now is None else now
+    # Names and allowlist; for a "*" grant, the runner's own lookup (security.resolve).
+    security.check_target(class_name, method_name, state.allowlist)
+    params_json = security.encode_params(params, s.max_params_bytes)
+    retries = count("retry_attempts", retry_attempts, s.default_retry_attempts)
+    prio = integer("priority", priority, s.default_priority)
+    limit = seconds("timeout", timeout, s.job_timeout)
+    if run_at is not None:
+        if delay is not None:
+            raise InvalidJob("give run_at or delay, not both")
+        due = _epoch("run_at", run_at, now)
+        wait = 0.0
+    else:
+        wait = seconds("delay", delay, s.default_delay)
+        due = now + wait
+    expires_at = None
+    if expires_in is not None:
+        expires_at = due + positive_seconds("expires_in", expires_in)
+    if concurrency_limit is not None and concurrency_key is None:
+        raise InvalidJob("concurrency_limit needs a concurrency_key")
+    return NewJob(
         class_name=class_name,
         method_name=method_name,
         params_json=params_json,
@@ -64,9 +127,24 @@ def enqueue(
         max_attempts=retries + 1,
         delay=wait,
         timeout=limit,
+        run_at=due,
+        created_at=now,
+        queue=queue_name(queue, s.default_queue),
+        unique_key=key_text("unique_key", unique_key),
+        concurrency_key=key_text("concurrency_key", concurrency_key),
+        concurrency_limit=(
+            None
+            if concurrency_key is None
+            else count("concurrency_limit", concurrency_limit, 1, minimum=1)
+        ),
+        expires_at=expires_at,
+        schedule=schedule,
+        scheduled_for=scheduled_for,
+        memory_limit=None
+        if memory_limit is None
+        else count("memory_limit", memory_limit, 0, big=True),
+        cpu_limit=None if cpu_limit is None else positive_seconds("cpu_limit", cpu_limit),
     )
-    wake(state)
-    return job
 
 
 def log_rejected(
@@ -98,6 +176,18 @@ def wake(state: AppState, reason: str = models.WAKE_ENQUEUED) -> None:
         )
 
 
+def ensure_runner(state: AppState) -> None:
+    """Start a runner on this host unless one is alive (with ``BGJOBS_AUTOSTART``)."""
+    if not state.settings.autostart:
+        return
+    try:
+        state.launcher.ensure_runner(lambda: runner_env(state))
+    except OSError as exc:
+        state.joblog.write_error(
+            f"Could not start a runner for the recurring jobs. Error: {joblog.error_text(exc)}"
+        )
+
+
 def runner_env(state: AppState) -> dict[str, str]:
     """The environment of an auto-started runner: ours, plus how to find the app."""
     import os
@@ -110,15 +200,65 @@ def runner_env(state: AppState) -> dict[str, str]:
     return env
 
 
-def count(name: str, value: object, default: int) -> int:
-    """A count such as ``retry_attempts``: an integer ``>= 0``, or `default` for ``None``."""
+def count(name: str, value: object, default: int, *, minimum: int = 0, big: bool = False) -> int:
+    """A count such as ``retry_attempts``: an integer ``>= minimum``, `default` for ``None``.
+
+    32-bit unless `big` (bytes of memory: 64-bit).
+    """
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidJob(f"{name} must be an integer >= 0, got {value!r}"[:200])
-    if value >= INT_RANGE[1]:
-        raise InvalidJob(f"{name} must be below {INT_RANGE[1]}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidJob(f"{name} must be an integer >= {minimum}, got {value!r}"[:200])
+    top = 2**63 - 1 if big else INT_RANGE[1]
+    if value >= top:
+        raise InvalidJob(f"{name} must be below {top}")
     return value
+
+
+def positive_seconds(name: str, value: object) -> float:
+    """A number of seconds above 0 and at most `MAX_SECONDS`."""
+    number = seconds(name, value, 0.0)
+    if number <= 0:
+        raise InvalidJob(f"{name} must be a number of seconds > 0, got {value!r}"[:200])
+    return number
+
+
+def queue_name(value: object, default: str) -> str:
+    """A queue name (SPEC §10), or `default` for ``None``."""
+    if value is None:
+        return default
+    if type(value) is not str or not models.QUEUE_RE.fullmatch(value):
+        raise InvalidJob(
+            f"queue must be 1 to 64 of A-Z a-z 0-9 _ . -, got {security.printable(repr(value))[:80]}"
+        )
+    return value
+
+
+def key_text(name: str, value: object) -> str | None:
+    """A ``unique_key`` or ``concurrency_key``: 1 to 255 printable characters, or ``None``."""
+    if value is None:
+        return None
+    if type(value) is not str or not 1 <= len(value) <= 255:
+        raise InvalidJob(f"{name} must be a str of 1 to 255 characters")
+    if security.printable(value) != value:
+        raise InvalidJob(
+            f"{name} must not contain control characters: {security.printable(value)[:80]}"
+        )
+    return value
+
+
+def _epoch(name: str, when: object, now: float) -> float:
+    if not isinstance(when, datetime):
+        raise InvalidJob(f"{name} must be a datetime, got {type(when).__name__}")
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise InvalidJob(
+            f"{name} must be timezone-aware (a naive datetime is ambiguous): use "
+            "datetime(..., tzinfo=timezone.utc)"
+        )
+    ts = when.timestamp()
+    if ts > now + MAX_SECONDS:
+        raise InvalidJob(f"{name} must be at most ten years from now, got {when.isoformat()}")
+    return ts
 
 
 def integer(name: str, value: object, default: int) -> int:
@@ -199,12 +339,87 @@ def list_jobs(
     q: str | None = None,
     page: int = 1,
     per_page: int = 50,
+    queue: str | None = None,
 ) -> tuple[list[Job], int]:
     """Jobs newest first (one page) and the total that match."""
     if status is not None and status not in models.STATUSES:
         raise InvalidJob(f"unknown status {status!r}; use one of {', '.join(models.STATUSES)}")
+    if queue is not None:
+        queue_name(queue, "")
     page = max(1, page)
-    return state.store.list_jobs(status=status, q=q, limit=per_page, offset=(page - 1) * per_page)
+    return state.store.list_jobs(
+        status=status, q=q, limit=per_page, offset=(page - 1) * per_page, queue=queue
+    )
+
+
+# -- queues -----------------------------------------------------------------------------------
+
+
+def queues(state: AppState) -> list[models.QueueInfo]:
+    """Every queue with jobs waiting or running, a setting, or a limit (and the default one)."""
+    s = state.settings
+    return state.store.queues(s.queue_limits, also=(s.default_queue,))
+
+
+def pause(state: AppState, queue: str) -> None:
+    """Stop every runner claiming jobs of `queue` (running ones finish); survives restarts."""
+    state.store.set_queue_paused(queue_name(queue, ""), True)
+
+
+def resume(state: AppState, queue: str) -> None:
+    """Let runners claim jobs of `queue` again, now."""
+    state.store.set_queue_paused(queue_name(queue, ""), False)
+    wake(state)
+
+
+# -- recurring jobs ---------------------------------------------------------------------------
+
+
+def schedules(state: AppState, now: float | None = None) -> list[models.ScheduleInfo]:
+    """Every recurring job, with its next run and its last job."""
+    now = time.time() if now is None else now
+    rows = state.store.schedule_rows()
+    found = []
+    for name, spec in sorted(state.schedules().items()):
+        row = rows.get(name)
+        paused = row.paused if row else False
+        found.append(
+            models.ScheduleInfo(
+                name=name,
+                job=spec.job_name,
+                cron=spec.cron,
+                every=spec.every,
+                timezone=spec.timezone,
+                words=spec.describe(),
+                next_run=None if paused else spec.next_tick(now),
+                last_job_id=row.last_job_id if row else None,
+                last_status=row.last_status if row else None,
+                paused=paused,
+                queue=spec.queue or state.settings.default_queue,
+                overlap=spec.overlap,
+            )
+        )
+    return found
+
+
+def pause_schedule(state: AppState, name: str) -> None:
+    """Stop enqueueing a recurring job's ticks, on every runner, until resumed."""
+    spec = _schedule(state, name)
+    state.store.set_schedule_paused(name, True, spec.latest_tick(time.time()))
+
+
+def resume_schedule(state: AppState, name: str) -> None:
+    """Enqueue a recurring job's ticks again, from its next one (missed ticks never run)."""
+    spec = _schedule(state, name)
+    state.store.set_schedule_paused(name, False, spec.latest_tick(time.time()))
+
+
+def _schedule(state: AppState, name: str) -> recurring.Schedule:
+    found = state.schedules().get(name)
+    if found is None:
+        known = ", ".join(sorted(state.schedules())) or "none"
+        raise InvalidJob(f"no schedule named {security.printable(name)[:80]!r} (known: {known})")
+    return found
 
 
 def stats(state: AppState, *, window: float = 3600.0, bucket: float = 60.0) -> dict[str, Any]:
@@ -216,12 +431,17 @@ def stats(state: AppState, *, window: float = 3600.0, bucket: float = 60.0) -> d
 
 
 def sweep(state: AppState, *, except_owner: str | None = None) -> list[Reclaimed]:
-    """Take back running jobs whose lease expired (as failed attempts) and log them.
+    """Take back running jobs whose lease expired (as failed attempts) and log them; cancel
+    waiting jobs past their ``expires_in`` (end reason ``expired``).
 
     A live runner passes itself as `except_owner`: its own attempts are still running.
     """
     reclaimed = state.store.reclaim_expired(state.retry_in, except_owner=except_owner)
     unlogged = log_reclaimed(state.joblog, reclaimed)
+    expired = state.store.expire()
+    lines = [("WARNING", joblog.expired(j.name, j.id)) for j in expired]
+    if lines and not state.joblog.write(lines):
+        unlogged += [j.id for j in expired]
     if unlogged:
         state.store.mark_log_incomplete(unlogged)
     return reclaimed

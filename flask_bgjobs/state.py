@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from flask import Flask, current_app, has_app_context
 
-from flask_bgjobs import config, retry, security
+from flask_bgjobs import config, recurring, retry, security
 from flask_bgjobs.joblog import JobLog
 from flask_bgjobs.launcher import Launcher
 from flask_bgjobs.models import Job
@@ -35,6 +35,8 @@ class Registry:
     allowed: dict[str, object] = field(default_factory=dict)
     #: The callable registered with ``@bgjobs.dashboard_auth``.
     dashboard_auth: Callable[[], object] | None = None
+    #: Recurring jobs registered with ``bgjobs.schedule()``, by name.
+    schedules: dict[str, recurring.Schedule] = field(default_factory=dict)
 
 
 @dataclass
@@ -53,6 +55,10 @@ class AppState:
     def runner_id(self) -> str:
         """How this process names itself in leases and events."""
         return self.settings.runner_id or f"{socket.gethostname()}:{os.getpid()}"
+
+    def schedules(self) -> dict[str, recurring.Schedule]:
+        """Every recurring job: ``BGJOBS_SCHEDULE``, then ``bgjobs.schedule()`` (which wins)."""
+        return {**self.settings.schedule, **self.registry.schedules}
 
     def retry_in(self, job: Job) -> float | None:
         """The retry policy of this app, applied to a job whose attempt just failed."""

@@ -26,13 +26,14 @@ Core.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import select
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -143,6 +144,16 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Tick:
+    """A schedule tick this runner took: its job, or why it enqueued none."""
+
+    at: float
+    job: Job | None
+    #: The previous job, still waiting or running, for which the tick was skipped.
+    skipped_for: int | None
+
+
+@dataclass(frozen=True)
 class Reclaimed:
     """A running job whose lease had expired, as `Store.reclaim_expired` left it."""
 
@@ -157,29 +168,87 @@ class Reclaimed:
 
 _ENQUEUE_COLUMNS = (
     "class_name", "method_name", "params", "status", "priority", "attempts", "max_attempts",
-    "delay", "timeout", "run_at", "created_at", "log_incomplete", "queue",
+    "delay", "timeout", "run_at", "created_at", "log_incomplete", "queue", "unique_key",
+    "concurrency_key", "concurrency_limit", "expires_at", "schedule", "scheduled_for",
+    "memory_limit", "cpu_limit",
 )  # fmt: skip
 _INSERT_JOB = (
     f"INSERT INTO bgjobs_jobs ({', '.join(_ENQUEUE_COLUMNS)}) "
     f"VALUES ({', '.join(':' + c for c in _ENQUEUE_COLUMNS)}) RETURNING id"
+)
+# With a unique key (or a schedule tick) the database decides: a second active job with the
+# key, or a second job for the tick, is not inserted (ux_bgjobs_jobs_unique_key,
+# ux_bgjobs_jobs_schedule_tick), whatever the number of processes racing.
+_INSERT_JOB_ONCE = _INSERT_JOB.replace(" RETURNING id", " ON CONFLICT DO NOTHING RETURNING id")
+_ACTIVE_WITH_KEY = (
+    "SELECT * FROM bgjobs_jobs WHERE unique_key = :unique_key "
+    "AND status IN ('pending', 'retrying', 'running')"
 )
 _NOTIFY = f"SELECT pg_notify('{NOTIFY_CHANNEL}', :payload)"
 # PostgreSQL: insert and notify in one autocommitted statement, one round trip.
 _INSERT_JOB_NOTIFY = (
     f"WITH j AS ({_INSERT_JOB}) SELECT j.id, pg_notify('{NOTIFY_CHANNEL}', :payload) FROM j"
 )
-# The claim's inner SELECT matches the partial index ix_bgjobs_jobs_due.
-_CLAIM = """
+_INSERT_JOB_ONCE_NOTIFY = (
+    f"WITH j AS ({_INSERT_JOB_ONCE}) SELECT j.id, pg_notify('{NOTIFY_CHANNEL}', :payload) FROM j"
+)
+# The claim, in two statements. First the candidates, read from the head of the partial index
+# ix_bgjobs_jobs_due in claim order; a paused queue's jobs, and jobs whose concurrency key is
+# at its limit, are not candidates, so they never take the place of a job that may run.
+# {queues} and {queue_limits} are filled per runner (`_claim_sql`).
+_CANDIDATES = """
+SELECT id, queue, concurrency_key, concurrency_limit, expires_at, started_at
+FROM bgjobs_jobs j
+WHERE status IN ('pending', 'retrying') AND run_at <= :now{queues}
+  AND NOT EXISTS (SELECT 1 FROM bgjobs_queues q WHERE q.name = j.queue AND q.paused)
+  AND (concurrency_key IS NULL OR concurrency_limit > (
+      SELECT count(*) FROM bgjobs_jobs r
+      WHERE r.status = 'running' AND r.concurrency_key = j.concurrency_key)){queue_limits}
+ORDER BY priority DESC, run_at, id
+LIMIT :limit {lock}"""
+_TAKE = """
 UPDATE bgjobs_jobs SET status = 'running', attempts = attempts + 1, started_at = :now,
     lease_owner = :owner, lease_expires_at = :expires, runner_id = :runner_id, pid = NULL,
     progress = NULL, progress_message = NULL
-WHERE id IN (
-    SELECT id FROM bgjobs_jobs
-    WHERE status IN ('pending', 'retrying') AND run_at <= :now
-    ORDER BY priority DESC, run_at, id
-    LIMIT :limit {lock}
-)
+WHERE id IN ({ids}) AND status IN ('pending', 'retrying')
 RETURNING *"""
+# Running jobs per concurrency key and per queue (ix_bgjobs_jobs_running_key, _queue).
+_RUNNING_PER_KEY = """
+SELECT concurrency_key AS name, count(*) AS n FROM bgjobs_jobs
+WHERE status = 'running' AND concurrency_key IN ({names}) GROUP BY concurrency_key"""
+_RUNNING_PER_QUEUE = """
+SELECT queue AS name, count(*) AS n FROM bgjobs_jobs
+WHERE status = 'running' AND queue IN ({names}) GROUP BY queue"""
+# A job that never started within expires_in of falling due ends cancelled, never run.
+_EXPIRE = """
+UPDATE bgjobs_jobs SET status = 'cancelled', end_reason = 'expired', finished_at = :now
+WHERE status IN ('pending', 'retrying') AND started_at IS NULL AND expires_at <= :now{ids}
+RETURNING id, class_name, method_name"""
+_SET_QUEUE = """
+INSERT INTO bgjobs_queues (name, paused, updated_at) VALUES (:name, :paused, :now)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at"""
+_ADD_SCHEDULE = """
+INSERT INTO bgjobs_schedules (name, paused, last_tick, updated_at)
+VALUES (:name, false, :tick, :now) ON CONFLICT (name) DO NOTHING"""
+# The compare-and-set that makes a tick this runner's: only one runner moves last_tick forward.
+_TAKE_TICK = """
+UPDATE bgjobs_schedules SET last_tick = :tick, updated_at = :now
+WHERE name = :name AND NOT paused AND (last_tick IS NULL OR last_tick < :tick)
+RETURNING last_job_id"""
+_STATUS_OF = "SELECT status FROM bgjobs_jobs WHERE id = :id"
+_SET_LAST_JOB = "UPDATE bgjobs_schedules SET last_job_id = :id WHERE name = :name"
+_PAUSE_SCHEDULE = """
+INSERT INTO bgjobs_schedules (name, paused, last_tick, updated_at)
+VALUES (:name, :paused, :tick, :now)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at,
+    last_tick = CASE
+        WHEN excluded.paused THEN bgjobs_schedules.last_tick
+        WHEN bgjobs_schedules.last_tick IS NULL OR bgjobs_schedules.last_tick < excluded.last_tick
+            THEN excluded.last_tick
+        ELSE bgjobs_schedules.last_tick END"""
+# Serialises the claims that involve a limit across PostgreSQL runners (SQLite's write lock
+# does it there): an arbitrary constant, like _DDL_LOCK_KEY.
+_LIMIT_LOCK_KEY = 0x62676A6C696D
 _INSERT_EVENT = """
 INSERT INTO bgjobs_events (job_id, at, kind, message, attempt)
 VALUES (:job_id, :at, :kind, :message, :attempt)"""
@@ -513,6 +582,105 @@ def _migrations(**kwargs: Any) -> _Migrations:
     return _Migrations(**kwargs)
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """A job to insert, every value checked already (see `service.enqueue`)."""
+
+    class_name: str
+    method_name: str
+    params_json: str
+    priority: int
+    max_attempts: int
+    delay: float
+    timeout: float
+    run_at: float
+    created_at: float
+    queue: str = models.DEFAULT_QUEUE
+    unique_key: str | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    expires_at: float | None = None
+    schedule: str | None = None
+    scheduled_for: float | None = None
+    memory_limit: int | None = None
+    cpu_limit: float | None = None
+
+    def values(self) -> dict[str, Any]:
+        """The row's values, by column."""
+        return {
+            "class_name": self.class_name,
+            "method_name": self.method_name,
+            "params": self.params_json,
+            "status": models.PENDING,
+            "priority": self.priority,
+            "attempts": 0,
+            "max_attempts": self.max_attempts,
+            "delay": float(self.delay),
+            "timeout": float(self.timeout),
+            "run_at": self.run_at,
+            "created_at": self.created_at,
+            "log_incomplete": False,
+            "queue": self.queue,
+            "unique_key": self.unique_key,
+            "concurrency_key": self.concurrency_key,
+            "concurrency_limit": self.concurrency_limit,
+            "expires_at": self.expires_at,
+            "schedule": self.schedule,
+            "scheduled_for": self.scheduled_for,
+            "memory_limit": self.memory_limit,
+            "cpu_limit": self.cpu_limit,
+        }
+
+
+#: Every column, empty: what a row built from values alone starts from.
+_NEW_ROW: dict[str, Any] = {c.name: None for c in jobs.c} | {"log_incomplete": False}
+
+
+def _expired(candidate: Mapping[str, Any], now: float) -> bool:
+    expires = candidate["expires_at"]
+    return expires is not None and candidate["started_at"] is None and expires <= now
+
+
+_CANDIDATE_SQL: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
+
+
+def _candidates_sql(
+    queues: tuple[str, ...] | None, limits: Mapping[str, int]
+) -> tuple[str, dict[str, Any]]:
+    """The candidates statement for a runner's queues and queue limits, and its parameters."""
+    cache_key = (queues, tuple(sorted(limits.items())))
+    found = _CANDIDATE_SQL.get(cache_key)
+    if found is not None:
+        return found
+    params: dict[str, Any] = {}
+    served = ""
+    if queues:
+        params |= {f"q{i}": q for i, q in enumerate(queues)}
+        served = f"\n  AND queue IN ({', '.join(f':q{i}' for i in range(len(queues)))})"
+    limited = ""
+    if limits:
+        names = sorted(limits)
+        params |= {f"l{i}": n for i, n in enumerate(names)}
+        params |= {f"n{i}": limits[n] for i, n in enumerate(names)}
+        cases = " ".join(f"WHEN :l{i} THEN :n{i}" for i in range(len(names)))
+        limited = (
+            f"\n  AND (queue NOT IN ({', '.join(f':l{i}' for i in range(len(names)))}) OR "
+            "(SELECT count(*) FROM bgjobs_jobs r WHERE r.status = 'running' AND r.queue = j.queue)"
+            f" < CASE queue {cases} END)"
+        )
+    found = (_CANDIDATES.format(queues=served, queue_limits=limited, lock="{lock}"), params)
+    _CANDIDATE_SQL[cache_key] = found
+    return found
+
+
+def _counts(run: Run, sql: str, names: Sequence[str]) -> dict[str, int]:
+    if not names:
+        return {}
+    marks = ", ".join(f":c{i}" for i in range(len(names)))
+    rows = run(sql.format(names=marks), {f"c{i}": n for i, n in enumerate(names)})
+    return {r["name"]: int(r["n"]) for r in rows}
+
+
 class Store:
     """Jobs and their events in one SQL database (SQLite or PostgreSQL)."""
 
@@ -754,43 +922,32 @@ class Store:
 
     # -- enqueue -----------------------------------------------------------------------------
 
-    def enqueue(
-        self,
-        *,
-        class_name: str,
-        method_name: str,
-        params_json: str,
-        priority: int,
-        max_attempts: int,
-        delay: float,
-        timeout: float,
-        now: float | None = None,
-    ) -> Job:
-        """Insert a `pending` job and commit; return it as stored."""
-        now = time.time() if now is None else now
-        values: dict[str, Any] = {
-            "class_name": class_name,
-            "method_name": method_name,
-            "params": params_json,
-            "status": models.PENDING,
-            "priority": priority,
-            "attempts": 0,
-            "max_attempts": max_attempts,
-            "delay": float(delay),
-            "timeout": float(timeout),
-            "run_at": now + delay,
-            "created_at": now,
-            "log_incomplete": False,
-            "queue": models.DEFAULT_QUEUE,
-        }
-        if self.is_postgres:
-            rows = self._hot_statement(
-                _INSERT_JOB_NOTIFY, values | {"payload": models.WAKE_ENQUEUED}
-            )
-        else:
-            rows = self._hot_statement(_INSERT_JOB, values)
-        job_id = rows[0]["id"]
-        return Job.from_row({c.name: None for c in jobs.c} | values | {"id": job_id})
+    def enqueue(self, new: NewJob) -> Job:
+        """Insert a `pending` job and commit; return it as stored.
+
+        With a ``unique_key`` held by a job still pending, retrying or running, nothing is
+        inserted: that job comes back, with `Job.duplicate` set. The database decides
+        (a unique index), so two processes racing with one key store one row.
+        """
+        values = new.values()
+        once = new.unique_key is not None or new.schedule is not None
+        for _ in range(10):  # the holder of a key may end between our insert and our read
+            if self.is_postgres:
+                stmt = _INSERT_JOB_ONCE_NOTIFY if once else _INSERT_JOB_NOTIFY
+                rows = self._hot_statement(stmt, values | {"payload": models.WAKE_ENQUEUED})
+            else:
+                rows = self._hot_statement(_INSERT_JOB_ONCE if once else _INSERT_JOB, values)
+            if rows:
+                return Job.from_row(_NEW_ROW | values | {"id": rows[0]["id"]})
+            if new.unique_key is None:
+                raise InvalidTransition(
+                    f"schedule {new.schedule!r} has a job for {models.iso(new.scheduled_for)} "
+                    "already"
+                )
+            held = self._hot_statement(_ACTIVE_WITH_KEY, {"unique_key": new.unique_key})
+            if held:
+                return dataclasses.replace(Job.from_row(held[0]), duplicate=True)
+        raise DatabaseBusy(f"unique_key {new.unique_key!r} kept changing hands; try again")
 
     # -- the runner's transitions ------------------------------------------------------------
 
@@ -802,8 +959,17 @@ class Store:
         limit: int,
         lease_seconds: float,
         now: float | None = None,
+        queues: Sequence[str] | None = None,
+        queue_limits: Mapping[str, int] | None = None,
+        on_expired: Callable[[list[Job]], None] | None = None,
     ) -> list[Job]:
         """Atomically take up to `limit` due jobs: priority desc, then run_at, then id.
+
+        Only from `queues` (``None``: all), never from a paused queue, and never more running
+        at once than a queue's limit (`queue_limits`) or a job's ``concurrency_limit`` allows
+        across every runner: a job held back stays ``pending`` and spends no attempt. A job
+        past its ``expires_at`` that never started is cancelled instead (end reason
+        ``expired``) and handed to `on_expired` after the commit.
 
         The attempt counter rises here, when the attempt starts, so a job that kills its
         runner every time still runs out of attempts.
@@ -811,15 +977,32 @@ class Store:
         if limit <= 0:
             return []
         now = time.time() if now is None else now
-        params = {
-            "now": now,
-            "limit": limit,
-            "owner": owner,
-            "expires": now + lease_seconds,
-            "runner_id": runner_id,
-        }
+        limits = dict(queue_limits or {})
+        sql, params = _candidates_sql(tuple(queues) if queues else None, limits)
+        expired: list[Job] = []
         with self._hot_write() as run:
-            rows = run(_CLAIM, params)
+            candidates = run(sql, params | {"now": now, "limit": limit})
+            stale = [c["id"] for c in candidates if _expired(c, now)]
+            if stale:
+                marks = ", ".join(f":x{i}" for i in range(len(stale)))
+                gone = run(
+                    _EXPIRE.format(ids=f" AND id IN ({marks})"),
+                    {"now": now} | {f"x{i}": v for i, v in enumerate(stale)},
+                )
+                expired = self._expired_events(run, gone, now)
+                candidates = [c for c in candidates if c["id"] not in stale]
+            if any(c["concurrency_key"] is not None or c["queue"] in limits for c in candidates):
+                candidates = self._within_limits(run, candidates, limits)
+            if not candidates:
+                rows = []
+            else:
+                marks = ", ".join(f":i{i}" for i in range(len(candidates)))
+                rows = run(
+                    _TAKE.format(ids=marks),
+                    {"now": now, "owner": owner, "expires": now + lease_seconds}
+                    | {"runner_id": runner_id}
+                    | {f"i{i}": c["id"] for i, c in enumerate(candidates)},
+                )
             if rows:
                 message = storable(f"started on {runner_id}", MAX_MESSAGE)
                 run(
@@ -835,32 +1018,97 @@ class Store:
                         for r in rows
                     ],
                 )
+        if expired and on_expired is not None:
+            on_expired(expired)
         claimed = [Job.from_row(r) for r in rows]
         claimed.sort(key=lambda j: (-j.priority, j.run_at, j.id))
         return claimed
 
+    def _within_limits(
+        self, run: Run, candidates: list[dict[str, Any]], limits: Mapping[str, int]
+    ) -> list[dict[str, Any]]:
+        """The candidates that fit under every limit, counting running jobs across runners."""
+        if self.is_postgres:
+            # Claims that involve a limit take turns: a claim that committed meanwhile is
+            # counted below (each statement sees what committed before it).
+            run("SELECT pg_advisory_xact_lock(:key)", {"key": _LIMIT_LOCK_KEY})
+        keys = sorted({c["concurrency_key"] for c in candidates if c["concurrency_key"]})
+        names = sorted({c["queue"] for c in candidates if c["queue"] in limits})
+        per_key = _counts(run, _RUNNING_PER_KEY, keys)
+        per_queue = _counts(run, _RUNNING_PER_QUEUE, names)
+        chosen = []
+        for c in candidates:  # in claim order: the first ones take the free places
+            key, queue = c["concurrency_key"], c["queue"]
+            if key is not None and per_key.get(key, 0) >= (c["concurrency_limit"] or 1):
+                continue
+            if queue in limits and per_queue.get(queue, 0) >= limits[queue]:
+                continue
+            if key is not None:
+                per_key[key] = per_key.get(key, 0) + 1
+            if queue in limits:
+                per_queue[queue] = per_queue.get(queue, 0) + 1
+            chosen.append(c)
+        return chosen
+
+    @staticmethod
+    def _expired_events(run: Run, gone: list[dict[str, Any]], now: float) -> list[Job]:
+        if gone:
+            run(
+                _INSERT_EVENT,
+                [
+                    {
+                        "job_id": g["id"],
+                        "at": now,
+                        "kind": models.END_EXPIRED,
+                        "message": "not started within expires_in of falling due",
+                        "attempt": None,
+                    }
+                    for g in gone
+                ],
+            )
+        return [
+            Job.from_row(
+                _NEW_ROW
+                | {"id": g["id"], "class_name": g["class_name"]}
+                | {"method_name": g["method_name"], "status": models.CANCELLED}
+            )
+            for g in gone
+        ]
+
+    def expire(self, now: float | None = None) -> list[Job]:
+        """Cancel every waiting job past its ``expires_at`` that never started (end reason
+        ``expired``); return them. Runners call it with their sweeps."""
+        now = time.time() if now is None else now
+        with self._hot_write() as run:
+            return self._expired_events(run, run(_EXPIRE.format(ids=""), {"now": now}), now)
+
     def explain_claim(
-        self, *, limit: int = 4, now: float | None = None, seqscan: bool = True
+        self,
+        *,
+        limit: int = 4,
+        now: float | None = None,
+        seqscan: bool = True,
+        queues: tuple[str, ...] | None = None,
     ) -> str:
-        """The query plan of the claim as `claim` would send it now (nothing is changed).
+        """The query plan of the claim's candidates statement, as `claim` would send it now.
 
         PostgreSQL's ``EXPLAIN``, or SQLite's ``EXPLAIN QUERY PLAN``; ``seqscan=False`` tells
         PostgreSQL to avoid sequential scans, to show which index the claim can use.
+        Nothing is changed.
         """
         now = time.time() if now is None else now
-        params = {
-            "now": now, "limit": limit, "owner": "explain", "expires": now, "runner_id": "explain",
-        }  # fmt: skip
+        sql, params = _candidates_sql(queues, {})
+        params = params | {"now": now, "limit": limit}
         raw = self._raw.get()
         try:
             raw.begin()
             if self.is_postgres:
                 if not seqscan:
                     raw.run("SET LOCAL enable_seqscan = off", {})
-                rows = raw.run("EXPLAIN " + _CLAIM, params)
+                rows = raw.run("EXPLAIN " + sql, params)
                 plan = [next(iter(r.values())) for r in rows]
             else:
-                rows = raw.run("EXPLAIN QUERY PLAN " + _CLAIM, params)
+                rows = raw.run("EXPLAIN QUERY PLAN " + sql, params)
                 plan = [str(r["detail"]) for r in rows]
         finally:
             raw.rollback()
@@ -1148,6 +1396,149 @@ class Store:
             conn.execute(events.delete().where(events.c.job_id.in_(old.scalar_subquery())))
             return conn.execute(jobs.delete().where(jobs.c.id.in_(old.scalar_subquery()))).rowcount
 
+    def purge(self, *, done_before: float, failed_before: float, limit: int = 500) -> int:
+        """Delete up to `limit` old finished jobs and their events; return how many.
+
+        ``succeeded`` and ``cancelled`` jobs that finished before `done_before`, ``failed``
+        ones before `failed_before` (`BGJOBS_RETENTION_DAYS`). A bounded batch: on SQLite
+        the write lock is held for one batch only.
+        """
+        old = (
+            sa.select(jobs.c.id)
+            .where(
+                sa.or_(
+                    jobs.c.status.in_((models.SUCCEEDED, models.CANCELLED))
+                    & (jobs.c.finished_at < done_before),
+                    (jobs.c.status == models.FAILED) & (jobs.c.finished_at < failed_before),
+                )
+            )
+            .limit(limit)
+        )
+        with self._write() as conn:
+            ids = list(conn.execute(old).scalars())
+            if not ids:
+                return 0
+            conn.execute(events.delete().where(events.c.job_id.in_(ids)))
+            return int(conn.execute(jobs.delete().where(jobs.c.id.in_(ids))).rowcount)
+
+    # -- queues ------------------------------------------------------------------------------
+
+    def set_queue_paused(self, name: str, paused: bool, now: float | None = None) -> None:
+        """Pause or resume a queue for every runner (a resume wakes them on PostgreSQL)."""
+        now = time.time() if now is None else now
+        with self._hot_write() as run:
+            run(_SET_QUEUE, {"name": name, "paused": paused, "now": now})
+            if self.is_postgres and not paused:
+                run(_NOTIFY, {"payload": models.WAKE_ENQUEUED})
+
+    def queues(
+        self, limits: Mapping[str, int], *, also: Sequence[str] = (), now: float | None = None
+    ) -> list[models.QueueInfo]:
+        """Every queue with waiting or running jobs, a stored setting, a limit, or in `also`."""
+        now = time.time() if now is None else now
+        active = (*models.DUE_STATUSES, models.RUNNING)
+        due = jobs.c.status.in_(models.DUE_STATUSES) & (jobs.c.run_at <= now)
+        oldest = sa.func.min(sa.case((due, jobs.c.run_at), else_=None))
+        with self._read() as conn:
+            counted = conn.execute(
+                sa.select(jobs.c.queue, jobs.c.status, sa.func.count(), oldest)
+                .where(jobs.c.status.in_(active))
+                .group_by(jobs.c.queue, jobs.c.status)
+            ).all()
+            paused = {r.name: bool(r.paused) for r in conn.execute(sa.select(models.queues))}
+        names = {*paused, *limits, *also} | {row[0] for row in counted}
+        found = []
+        for name in sorted(names):
+            rows = [r for r in counted if r[0] == name]
+            firsts = [r[3] for r in rows if r[3] is not None]
+            found.append(
+                models.QueueInfo(
+                    name=name,
+                    pending=sum(int(r[2]) for r in rows if r[1] in models.DUE_STATUSES),
+                    running=sum(int(r[2]) for r in rows if r[1] == models.RUNNING),
+                    paused=paused.get(name, False),
+                    limit=limits.get(name),
+                    oldest_waiting=now - min(firsts) if firsts else None,
+                )
+            )
+        return found
+
+    # -- schedules ---------------------------------------------------------------------------
+
+    def add_schedules(self, latest: Mapping[str, float], now: float | None = None) -> None:
+        """Record schedules not seen before, each as if its latest tick were taken: a new
+        schedule waits for its next tick instead of running at once for a past one."""
+        if not latest:
+            return
+        now = time.time() if now is None else now
+        with self._hot_write() as run:
+            run(
+                _ADD_SCHEDULE,
+                [{"name": n, "tick": t, "now": now} for n, t in sorted(latest.items())],
+            )
+
+    def take_tick(
+        self,
+        name: str,
+        tick: float,
+        new: NewJob | None,
+        *,
+        skip_if_running: bool,
+        now: float | None = None,
+    ) -> Tick | None:
+        """Take one tick of a schedule for this runner, and enqueue its job; exactly once.
+
+        ``None`` when another runner took the tick first, or the schedule is paused: the
+        compare-and-set on ``last_tick`` and the unique (schedule, tick) index both say so, in
+        one transaction, however many runners try at once. With `skip_if_running`, a tick whose
+        previous job still waits or runs is taken but enqueues nothing (`Tick.skipped_for`).
+        `new` ``None`` takes the tick without a job (its job could not be built).
+        """
+        now = time.time() if now is None else now
+        with self._hot_write() as run:
+            won = run(_TAKE_TICK, {"name": name, "tick": tick, "now": now})
+            if not won:
+                return None
+            previous = won[0]["last_job_id"]
+            if skip_if_running and previous is not None:
+                status = run(_STATUS_OF, {"id": previous})
+                if status and status[0]["status"] in models.UNIQUE_STATUSES:
+                    return Tick(tick, None, previous)
+            if new is None:
+                return Tick(tick, None, None)
+            values = new.values()
+            rows = run(_INSERT_JOB_ONCE, values)
+            if not rows:  # the index disagrees with last_tick (an edited row): trust the index
+                return None
+            job_id = rows[0]["id"]
+            run(_SET_LAST_JOB, {"name": name, "id": job_id})
+            if self.is_postgres:
+                run(_NOTIFY, {"payload": models.WAKE_ENQUEUED})
+        return Tick(tick, Job.from_row(_NEW_ROW | values | {"id": job_id}), None)
+
+    def set_schedule_paused(
+        self, name: str, paused: bool, latest_tick: float, now: float | None = None
+    ) -> None:
+        """Pause or resume a schedule for every runner. A resume starts from `latest_tick`:
+        ticks missed while paused never run."""
+        now = time.time() if now is None else now
+        with self._hot_write() as run:
+            run(_PAUSE_SCHEDULE, {"name": name, "paused": paused, "tick": latest_tick, "now": now})
+
+    def schedule_rows(self) -> dict[str, models.ScheduleRow]:
+        """Every stored schedule, with the status of its last job."""
+        last = sa.select(jobs.c.status).where(jobs.c.id == models.schedules.c.last_job_id)
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(models.schedules, last.scalar_subquery().label("last_status"))
+            ).mappings()
+            return {
+                r["name"]: models.ScheduleRow(
+                    r["name"], bool(r["paused"]), r["last_tick"], r["last_job_id"], r["last_status"]
+                )
+                for r in rows
+            }
+
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, job_id: int, *, with_events: bool = False) -> Job:
@@ -1173,6 +1564,7 @@ class Store:
         q: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        queue: str | None = None,
     ) -> tuple[list[Job], int]:
         """Jobs newest first, filtered by status and a search text; and the total count.
 
@@ -1186,6 +1578,8 @@ class Store:
         where: list[sa.ColumnElement[bool]] = []
         if status:
             where.append(jobs.c.status == status)
+        if queue:
+            where.append(jobs.c.queue == queue)
         if q and "::" in q:  # the display form, "pkg.mod.Class::method"
             cls, _, method = q.partition("::")
             where.append(jobs.c.class_name.iendswith(cls, autoescape=True))

@@ -8,6 +8,8 @@ inserted by hand) starts within about a second.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 from flask_bgjobs import security
 from flask_bgjobs.errors import BgJobsError
 from flask_bgjobs.models import Job
@@ -32,8 +34,15 @@ class Claims:
         lease_seconds: float,
         max_params_bytes: int,
         health: Health,
+        queues: tuple[str, ...] | None = None,
+        queue_limits: Mapping[str, int] | None = None,
+        on_expired: Callable[[list[Job]], None] | None = None,
     ) -> None:
         self.store = store
+        #: The queues this runner serves (``None``: all) and the limits it applies.
+        self.queues = queues
+        self.queue_limits = dict(queue_limits or {})
+        self.on_expired = on_expired
         self.allowlist = allowlist
         self.owner = owner
         self.runner_id = runner_id
@@ -46,18 +55,27 @@ class Claims:
         #: When the earliest waiting job falls due (epoch seconds), as last polled.
         self.next_due: float | None = None
         self.retry_at = 0.0  # monotonic
+        # Jobs due at or before this (epoch) were seen by the last claim: one still waiting is
+        # held back (a limit, a pause) and wants a claim only with the next poll, not at once.
+        self._considered_until = float("-inf")
+        self._relook = False
 
     def want(self) -> None:
         """Something may be claimable now."""
         self.wanted = True
 
     def step(self, now: Now) -> None:
-        """Poll for the next due time when its timer ran out; a due job makes a claim wanted."""
+        """Poll for the next due time when its timer ran out; a due job makes a claim wanted.
+
+        A job the last claim saw but left (its queue paused or at a limit, its key busy) is
+        tried again once per `POLL_INTERVAL`, when a limit may have freed on another runner.
+        """
         if self.next_due is not None and self.next_due <= now.wall:
             self.next_due = None
             self.wanted = True
         if now.mono < self.next_poll or now.mono < self.retry_at:
             return
+        timer, self._relook = not self._relook, False
         self.next_poll = now.mono + POLL_INTERVAL
         try:
             self.next_due = self.store.next_due_at()
@@ -65,8 +83,9 @@ class Claims:
             self.retry_at = self.health.failed("poll", exc, now.mono)
             return
         if self.next_due is not None and self.next_due <= now.wall:
+            if timer or self.next_due > self._considered_until:
+                self.wanted = True
             self.next_due = None
-            self.wanted = True
 
     def claim(self, now: Now, free: int) -> tuple[list[Job], list[tuple[Job, str]]]:
         """Claim up to `free` due jobs: those to start, and those refused at this last check."""
@@ -79,16 +98,21 @@ class Claims:
                 limit=free,
                 lease_seconds=self.lease_seconds,
                 now=now.wall,
+                queues=self.queues,
+                queue_limits=self.queue_limits,
+                on_expired=self.on_expired,
             )
         except Exception as exc:  # noqa: BLE001
             self.retry_at = self.health.failed("claim", exc, now.mono)
             return [], []
         self.health.ok()
+        self._considered_until = now.wall
         if len(jobs) < free:
             # Drained what is due: stop claiming and look up the next due time right away.
             self.wanted = False
             self.next_due = None
             self.next_poll = now.mono
+            self._relook = True  # that poll only learns the next due time
         ready: list[Job] = []
         refused: list[tuple[Job, str]] = []
         for job in jobs:

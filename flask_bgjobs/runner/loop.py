@@ -20,10 +20,11 @@ import contextlib
 import os
 import secrets
 import selectors
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from flask_bgjobs import security, service
+from flask_bgjobs import joblog, recurring, security, service
+from flask_bgjobs.errors import BgJobsError
 from flask_bgjobs.joblog import JobLog
 from flask_bgjobs.launcher import Launcher
 from flask_bgjobs.runner import children as children_mod
@@ -33,15 +34,31 @@ from flask_bgjobs.runner.clock import Clock, Now, SystemClock
 from flask_bgjobs.runner.health import Health
 from flask_bgjobs.runner.leases import Leases
 from flask_bgjobs.runner.outcomes import Recorder, classify, rejected
+from flask_bgjobs.runner.retention import Retention
+from flask_bgjobs.runner.scheduler import Scheduler
 from flask_bgjobs.runner.wakeups import Wakeups
 from flask_bgjobs.state import AppState
-from flask_bgjobs.store import Reclaimed, Store
+from flask_bgjobs.store import NewJob, Reclaimed, Store
 
 if TYPE_CHECKING:
     from flask import Flask
 
     from flask_bgjobs.config import Settings
     from flask_bgjobs.models import Job
+
+
+def _build_tick(state: AppState, spec: recurring.Schedule, tick: float) -> NewJob:
+    """The job of one tick of a schedule, checked like any enqueue."""
+    return service.build(
+        state, spec.class_name, spec.method_name, spec.params, spec.retry_attempts, None,
+        spec.priority, timeout=spec.timeout, queue=spec.queue, schedule=spec.name,
+        scheduled_for=tick,
+    )  # fmt: skip
+
+
+def _no_build(spec: recurring.Schedule, tick: float) -> NewJob:
+    raise BgJobsError(f"no way to build the job of schedule {spec.name!r}")
+
 
 #: A burst worker gives up (exit 1) when the database stays unreachable this long (seconds).
 BURST_DB_PATIENCE = 30.0
@@ -69,6 +86,9 @@ class Runner:
         autostarted: bool = False,
         lock_fd: int | None = None,
         signals: bool = True,
+        queues: tuple[str, ...] | None = None,
+        schedules: Callable[[], Mapping[str, recurring.Schedule]] = dict,
+        build_tick: Callable[[recurring.Schedule, float], NewJob] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -94,6 +114,9 @@ class Runner:
             lease_seconds=settings.lease_seconds,
             max_params_bytes=settings.max_params_bytes,
             health=self.health,
+            queues=queues,
+            queue_limits=settings.queue_limits,
+            on_expired=self._log_expired,
         )
         self.leases = Leases(
             store,
@@ -102,6 +125,8 @@ class Runner:
             sweep=sweep,
             health=self.health,
         )
+        self.scheduler = Scheduler(store, schedules, build_tick or _no_build, log, self.health)
+        self.retention = Retention(store, settings.retention_days, self.health)
         self.children = children
         self.children.concurrency = self.concurrency
         self.children.on_progress = self._on_progress
@@ -130,8 +155,13 @@ class Runner:
         autostarted: bool = False,
         lock_fd: int | None = None,
         reuse: int | None = None,
+        queues: tuple[str, ...] | None = None,
     ) -> Runner:
-        """A runner with the real parts, for `app`."""
+        """A runner with the real parts, for `app`.
+
+        An auto-started runner serves ``BGJOBS_QUEUES``; a worker the queues it is given
+        (``None``: all).
+        """
         s = state.settings
         selector = selectors.DefaultSelector()
         kids = Children(
@@ -159,6 +189,9 @@ class Runner:
             burst=burst,
             autostarted=autostarted,
             lock_fd=lock_fd,
+            queues=s.queues if autostarted else queues,
+            schedules=state.schedules,
+            build_tick=lambda spec, tick: _build_tick(state, spec, tick),
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -184,6 +217,8 @@ class Runner:
             words.append(f"process reuse {self.children.reuse}")
         if self.children.start_method != "fork":
             words.append(f"start method {self.children.start_method}")
+        if self.claims.queues:
+            words.append(f"queues {','.join(self.claims.queues)}")
         if self.burst:
             words.append("burst")
         return "".join(f", {w}" for w in words)
@@ -286,6 +321,9 @@ class Runner:
         if any(r.retry_in is not None for r in reclaimed):
             self.claims.want()
         self.claims.step(now)
+        if self.scheduler.step(now):
+            self.claims.want()
+        self.retention.step(now)
         if self._lock_fd is None and not self.autostarted:
             self._lock_fd = self.launcher.hold_lock(None, exclusive=False)
 
@@ -305,6 +343,10 @@ class Runner:
             pids.append((job.id, job.attempts, att.pid))
         self.recorder.pids(pids, now.mono)
         self._last_active = now.mono
+
+    def _log_expired(self, expired: list[Job]) -> None:
+        if not self.log.write([("WARNING", joblog.expired(j.name, j.id)) for j in expired]):
+            self.recorder.log_failed([j.id for j in expired])
 
     def _on_progress(self, att: Attempt, percent: float, message: str) -> None:
         self.recorder.progress(att.job, percent, message, att.pid)
@@ -345,7 +387,7 @@ class Runner:
             if failing is not None and now.mono - failing > BURST_DB_PATIENCE:
                 self.exit_code = 1  # nobody would see it working: say it failed
                 return True
-        if self.autostarted and not busy:
+        if self.autostarted and not busy and not self.scheduler.active():
             if now.mono - self._last_active >= self.settings.idle_timeout:
                 return self._idle_exit(now)
         return False
@@ -383,8 +425,11 @@ class Runner:
             wake = [
                 self.claims.next_wake(now, free),
                 self.leases.next_wake(bool(self.children.attempts)),
+                self.scheduler.next_wake(),
             ]
-            if self.autostarted and not self.children.attempts:
+            if (purge := self.retention.next_wake()) is not None:
+                wake.append(purge)
+            if self.autostarted and not self.children.attempts and not self.scheduler.active():
                 wake.append(self._last_active + self.settings.idle_timeout)
         for extra in (
             self.children.next_deadline(),

@@ -241,6 +241,10 @@ class Recorder:
             if not self.log.write_error(joblog.rejected(job.name, outcome.error or "")):
                 self._log_failed.add(job.id)
 
+    def log_failed(self, job_ids: list[int]) -> None:
+        """Note jobs whose log lines could not be written (flagged with the next flush)."""
+        self._log_failed.update(job_ids)
+
     @property
     def unsaved(self) -> list[Outcome]:
         """Outcomes not yet in the database."""

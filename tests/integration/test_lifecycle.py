@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from conftest import APP_IMPORT, Env, pid_alive, runner_pids, wait_for
 
 from flask_bgjobs import run_background_job, service
+from flask_bgjobs.launcher import runner_command
 from flask_bgjobs.models import jobs
 
 J = "jobapp.jobs.Jobs"
@@ -217,11 +218,8 @@ def test_enqueue_starts_a_detached_runner_that_outlives_the_web_process(
     [pid] = runner_pids(env.instance)
     assert os.getsid(pid) == pid  # its own session: a web server restart does not reach it
     with open(f"/proc/{pid}/cmdline", "rb") as fh:
-        assert fh.read().split(b"\0")[:3] == [
-            sys.executable.encode(),
-            b"-m",
-            b"flask_bgjobs.runner",
-        ]
+        argv = fh.read().split(b"\0")[:-1]
+    assert argv == [a.encode() for a in runner_command()]
     gate.touch()
     wait_for(lambda: status_of(bgjobs, job_id) == "succeeded", what="the job to finish")
     wait_for(lambda: not pid_alive(pid), what="the idle runner to exit")

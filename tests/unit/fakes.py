@@ -84,19 +84,27 @@ class FakeStore:
         #: While set, every call raises it (a locked or unreachable database).
         self.down: Exception | None = None
         self.calls: list[str] = []
+        self.claims: list[float] = []
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
         if self.down is not None:
             raise self.down
 
-    def add(self, *, delay: float = 0.0, timeout: float = 0.0, max_attempts: int = 1) -> Job:
+    def add(
+        self,
+        *,
+        delay: float = 0.0,
+        timeout: float = 0.0,
+        max_attempts: int = 1,
+        queue: str = "default",
+    ) -> Job:
         job_id = len(self.jobs) + 1
         now = self.clock.wall
         self.jobs[job_id] = Job(
             id=job_id, class_name="jobapp.jobs.Jobs", method_name="noop", params_json="[]",
             status=models.PENDING, priority=1, attempts=0, max_attempts=max_attempts,
-            delay=delay, timeout=timeout, run_at=now + delay, created_at=now,
+            delay=delay, timeout=timeout, run_at=now + delay, created_at=now, queue=queue,
         )  # fmt: skip
         return self.jobs[job_id]
 
@@ -115,11 +123,26 @@ class FakeStore:
     # -- the runner's transitions --
 
     def claim(
-        self, *, owner: str, runner_id: str, limit: int, lease_seconds: float, now: float
+        self,
+        *,
+        owner: str,
+        runner_id: str,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        queues: tuple[str, ...] | None = None,
+        **_: Any,
     ) -> list[Job]:
         self._call("claim")
+        self.claims.append(now)
         due = sorted(
-            (j for j in self.jobs.values() if j.status in models.DUE_STATUSES and j.run_at <= now),
+            (
+                j
+                for j in self.jobs.values()
+                if j.status in models.DUE_STATUSES
+                and j.run_at <= now
+                and (queues is None or j.queue in queues)
+            ),
             key=lambda j: (-j.priority, j.run_at, j.id),
         )[:limit]
         for job in due:
