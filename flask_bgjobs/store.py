@@ -1641,12 +1641,15 @@ class Store:
             for i in range(n)
         ]
 
-    def next_due_at(self) -> float | None:
-        """When the earliest waiting job becomes due (``None`` if nothing waits)."""
+    def next_due_at(self, queues: Sequence[str] | None = None) -> float | None:
+        """When the earliest waiting job a runner of `queues` may claim falls due (``None``:
+        nothing waits). Jobs of paused queues do not count."""
+        paused = sa.select(models.queues.c.name).where(models.queues.c.paused)
+        where = [jobs.c.status.in_(models.DUE_STATUSES), jobs.c.queue.not_in(paused)]
+        if queues:
+            where.append(jobs.c.queue.in_(list(queues)))
         with self._read() as conn:
-            value = conn.execute(
-                sa.select(sa.func.min(jobs.c.run_at)).where(jobs.c.status.in_(models.DUE_STATUSES))
-            ).scalar()
+            value = conn.execute(sa.select(sa.func.min(jobs.c.run_at)).where(*where)).scalar()
         return None if value is None else float(value)
 
     def has_work(self) -> bool:

@@ -78,7 +78,7 @@ class Claims:
         timer, self._relook = not self._relook, False
         self.next_poll = now.mono + POLL_INTERVAL
         try:
-            self.next_due = self.store.next_due_at()
+            self.next_due = self.store.next_due_at(self.queues)
         except Exception as exc:  # noqa: BLE001 - a locked or lost database must not kill us
             self.retry_at = self.health.failed("poll", exc, now.mono)
             return
@@ -138,7 +138,7 @@ class Claims:
     def due_now(self, now: Now) -> bool:
         """True when a job is due now (a burst worker keeps going); True when unsure."""
         try:
-            due = self.store.next_due_at()
+            due = self.store.next_due_at(self.queues)
         except Exception as exc:  # noqa: BLE001
             self.retry_at = self.health.failed("poll", exc, now.mono)
             return True

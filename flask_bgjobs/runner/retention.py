@@ -18,8 +18,6 @@ EVERY = 3600.0
 BATCH = 500
 #: Most batches one purge may delete (10,000 jobs an hour per runner).
 MAX_BATCHES = 20
-#: A new runner waits this long before its first purge (it has jobs to start first).
-FIRST_AFTER = 60.0
 
 
 class Retention:
@@ -29,7 +27,7 @@ class Retention:
         self.store = store
         self.days = days
         self.health = health
-        self.next_run: float | None = None  # monotonic; set at the first step
+        self.next_run = 0.0  # monotonic: a new runner purges at once
         #: Jobs deleted by this runner so far (for the log and tests).
         self.deleted = 0
 
@@ -37,8 +35,6 @@ class Retention:
         """Purge when the hour is up."""
         if self.days <= 0:
             return
-        if self.next_run is None:
-            self.next_run = now.mono + FIRST_AFTER
         if now.mono < self.next_run:
             return
         self.next_run = now.mono + EVERY

@@ -120,6 +120,14 @@ class Jobs:
         executor.encode_result = lambda result, max_bytes: encoded  # type: ignore[assignment]
         return "ignored"
 
+    def span(self, tag: str, seconds: float) -> list[float]:
+        """Run `seconds`, recording when this attempt started and ended (for overlap checks)."""
+        start = time.time()
+        time.sleep(seconds)
+        end = time.time()
+        _mark(tag, f"{current_job.id} {current_job.attempt} {start!r} {end!r}")
+        return [start, end]
+
     def where(self) -> dict[str, object]:
         """Which process runs this attempt, and what it has loaded."""
         import sys as _sys

@@ -216,7 +216,7 @@ class FakeStore:
     def mark_log_incomplete(self, job_ids: list[int]) -> None:
         self._call("mark_log_incomplete")
 
-    def next_due_at(self) -> float | None:
+    def next_due_at(self, queues: tuple[str, ...] | None = None) -> float | None:
         self._call("next_due_at")
         due = [j.run_at for j in self.jobs.values() if j.status in models.DUE_STATUSES]
         return min(due) if due else None
