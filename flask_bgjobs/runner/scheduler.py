@@ -60,9 +60,11 @@ class Scheduler:
         try:
             new = {n: s.latest_tick(now.wall) for n, s in specs.items() if n not in self._added}
             if new:
+                # A schedule new to the database starts as if its latest tick were taken (it
+                # waits for the next); one known already keeps its last tick: the loop below
+                # then takes the latest tick missed while no runner was up, once.
                 self.store.add_schedules(new, now=now.wall)
                 self._added.update(new)
-                self._seen.update(new)
             for name, spec in specs.items():
                 tick = spec.latest_tick(now.wall)
                 if tick <= self._seen.get(name, float("-inf")):

@@ -155,3 +155,35 @@ def test_1000_concurrent_enqueues_through_gunicorn_store_exactly_1000_rows(
         invariants.enqueued.add(int(json.loads(body)["id"]))
         assert row_count(app) == REQUESTS + 1
     invariants.check()
+
+
+def test_1000_concurrent_enqueues_with_one_unique_key_store_one_row(
+    env: Env, app: Any, backend: str, server: Server, figures: Callable[[str], None]
+) -> None:
+    """SPEC §10: race-free across processes (4 gunicorn workers × 8 threads): the index decides."""
+    ids: Counter[int] = Counter()
+    duplicates = 0
+
+    def enqueue_one(_n: int) -> None:
+        nonlocal duplicates
+        for _ in range(30):
+            status, headers, body = post(server.url + "/enqueue?unique_key=nightly-export")
+            if status == 503:
+                time.sleep(float(headers.get("Retry-After", "1")))
+                continue
+            assert status == 201, (status, body)
+            answer = json.loads(body)
+            ids[int(answer["id"])] += 1
+            duplicates += bool(answer["duplicate"])
+            return
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        list(pool.map(enqueue_one, range(REQUESTS)))
+    took = time.monotonic() - started
+    figures(
+        f"unique key ({backend}): {REQUESTS} concurrent enqueues in {took:.1f} s -> {dict(ids)}"
+    )
+    assert sum(ids.values()) == REQUESTS
+    assert len(ids) == 1 and duplicates == REQUESTS - 1
+    assert row_count(app) == 1

@@ -6,7 +6,7 @@ Served by gunicorn as ``jobapp.webapp:create_app()``; configured by the environm
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 
 from flask_bgjobs import run_background_job
 from jobapp import create_app as create_job_app
@@ -19,8 +19,14 @@ def create_app() -> Flask:
     @app.post("/enqueue")
     def enqueue() -> tuple[object, int]:
         # DatabaseBusy (SQLite stayed locked) becomes 503 + Retry-After in the extension.
-        job = run_background_job("jobapp.jobs.Jobs", "noop")
-        return jsonify(id=job.id), 201
+        # ?unique_key=K: SPEC §10's unique jobs, under the same load.
+        job = run_background_job(
+            "jobapp.jobs.Jobs",
+            "noop",
+            unique_key=request.args.get("unique_key"),
+            delay=3600 if request.args.get("unique_key") else None,
+        )
+        return jsonify(id=job.id, duplicate=job.duplicate), 201
 
     @app.get("/ping")
     def ping() -> str:
