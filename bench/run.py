@@ -673,7 +673,7 @@ def phase_coldstart(wd: Workdir, args: argparse.Namespace) -> dict[str, Any]:
     from flask_bgjobs import run_background_job
 
     with app.app_context():
-        state.ext.init_db()  # deployed app: the tables exist, the web process is connected
+        state.store.ensure_tables()  # deployed app: the tables exist, the web process is connected
         assert not state.launcher.runner_alive(), "a runner is alive before the cold start"
         t = time.perf_counter()
         job = run_background_job(JOB_CLASS, JOB_METHOD)

@@ -236,16 +236,26 @@ class BackgroundJobs:
 
 
 def _check_schedules(state: AppState) -> None:
-    """Every recurring job must be one that may run: refuse to start otherwise."""
+    """Every recurring job must be one that may run: refuse to start otherwise.
+
+    Each option is checked on its own, so the error names the field that is wrong.
+    """
+    s = state.settings
     for name, spec in state.schedules().items():
+        field_name = "job"
         try:
             security.check_target(spec.class_name, spec.method_name, state.allowlist)
-            service.build(
-                state, spec.class_name, spec.method_name, spec.params, spec.retry_attempts,
-                None, spec.priority, timeout=spec.timeout, queue=spec.queue,
-            )  # fmt: skip
+            field_name = "params"
+            security.encode_params(spec.params, s.max_params_bytes)
+            field_name = "queue"
+            service.queue_name(spec.queue, s.default_queue)
+            field_name = "priority"
+            service.integer("priority", spec.priority, 0)
+            field_name = "retry_attempts"
+            service.count("retry_attempts", spec.retry_attempts, 0)
+            field_name = "timeout"
+            service.seconds("timeout", spec.timeout, 0.0)
         except BgJobsError as exc:
-            field_name = "params" if "params" in str(exc) else "job"
             raise ConfigError(
                 "BGJOBS_SCHEDULE", f"schedule {name!r}, field {field_name!r}: {exc}"
             ) from None

@@ -219,6 +219,8 @@ schedules = sa.Table(
     sa.Column("paused", sa.Boolean, nullable=False, default=False),
     #: The latest tick (epoch seconds) some runner took: enqueued it, or skipped it.
     sa.Column("last_tick", sa.Double),
+    #: When the ticks fall ("cron 0 2 * * * UTC", "every 60"): a changed one starts afresh.
+    sa.Column("spec", sa.String(300)),
     sa.Column("last_job_id", _Id),
     sa.Column("updated_at", sa.Double),
 )

@@ -61,6 +61,13 @@ class Schedule:
         """``pkg.mod.Class::method``, as logs name jobs."""
         return f"{self.class_name}::{self.method_name}"
 
+    @property
+    def timing(self) -> str:
+        """When the ticks fall, as one text: a schedule whose timing changed starts afresh."""
+        return (
+            f"every {self.every}" if self.every is not None else f"cron {self.cron} {self.timezone}"
+        )
+
     def describe(self) -> str:
         """The schedule in words: ``At 02:00 every day (Europe/Berlin)``, ``every 60 s``."""
         if self.every is not None:

@@ -405,13 +405,13 @@ def schedules(state: AppState, now: float | None = None) -> list[models.Schedule
 def pause_schedule(state: AppState, name: str) -> None:
     """Stop enqueueing a recurring job's ticks, on every runner, until resumed."""
     spec = _schedule(state, name)
-    state.store.set_schedule_paused(name, True, spec.latest_tick(time.time()))
+    state.store.set_schedule_paused(name, True, spec.latest_tick(time.time()), spec.timing)
 
 
 def resume_schedule(state: AppState, name: str) -> None:
     """Enqueue a recurring job's ticks again, from its next one (missed ticks never run)."""
     spec = _schedule(state, name)
-    state.store.set_schedule_paused(name, False, spec.latest_tick(time.time()))
+    state.store.set_schedule_paused(name, False, spec.latest_tick(time.time()), spec.timing)
 
 
 def _schedule(state: AppState, name: str) -> recurring.Schedule:

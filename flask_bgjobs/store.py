@@ -227,9 +227,16 @@ RETURNING id, class_name, method_name"""
 _SET_QUEUE = """
 INSERT INTO bgjobs_queues (name, paused, updated_at) VALUES (:name, :paused, :now)
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at"""
+# A schedule new to the database, or whose timing changed (a new cron line), starts as if its
+# latest tick were taken: it waits for its next tick instead of running at once for the
+# "missed" latest tick of a timing it never had.
 _ADD_SCHEDULE = """
-INSERT INTO bgjobs_schedules (name, paused, last_tick, updated_at)
-VALUES (:name, false, :tick, :now) ON CONFLICT (name) DO NOTHING"""
+INSERT INTO bgjobs_schedules (name, paused, last_tick, spec, updated_at)
+VALUES (:name, false, :tick, :spec, :now)
+ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at,
+    last_tick = CASE
+        WHEN COALESCE(bgjobs_schedules.spec, '') <> excluded.spec THEN excluded.last_tick
+        ELSE bgjobs_schedules.last_tick END"""
 # The compare-and-set that makes a tick this runner's: only one runner moves last_tick forward.
 _TAKE_TICK = """
 UPDATE bgjobs_schedules SET last_tick = :tick, updated_at = :now
@@ -238,8 +245,8 @@ RETURNING last_job_id"""
 _STATUS_OF = "SELECT status FROM bgjobs_jobs WHERE id = :id"
 _SET_LAST_JOB = "UPDATE bgjobs_schedules SET last_job_id = :id WHERE name = :name"
 _PAUSE_SCHEDULE = """
-INSERT INTO bgjobs_schedules (name, paused, last_tick, updated_at)
-VALUES (:name, :paused, :tick, :now)
+INSERT INTO bgjobs_schedules (name, paused, last_tick, spec, updated_at)
+VALUES (:name, :paused, :tick, :spec, :now)
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at,
     last_tick = CASE
         WHEN excluded.paused THEN bgjobs_schedules.last_tick
@@ -1347,9 +1354,29 @@ class Store:
                     f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried"
                 )
             check(job)
+            holder = self._key_holder(conn, job)
+            if holder is not None:
+                raise InvalidTransition(
+                    f"job {job_id}'s unique_key is held by job {holder}, which waits or runs; "
+                    "retry it once that one has ended"
+                )
             self._reset(conn, job, now)
             self._notify(conn)
         return self.get(job_id)
+
+    @staticmethod
+    def _key_holder(conn: Connection, job: Job) -> int | None:
+        """The other job holding `job`'s unique key (pending, retrying or running), if any."""
+        if job.unique_key is None:
+            return None
+        holder = conn.execute(
+            sa.select(jobs.c.id).where(
+                jobs.c.unique_key == job.unique_key,
+                jobs.c.status.in_(models.UNIQUE_STATUSES),
+                jobs.c.id != job.id,
+            )
+        ).scalar()
+        return None if holder is None else int(holder)
 
     def retry_all_failed(self, check: Callable[[Job], None], now: float | None = None) -> int:
         """Retry every `failed` job that passes `check`; return how many."""
@@ -1365,6 +1392,8 @@ class Store:
                     check(job)
                 except Exception:  # noqa: BLE001 - a refused job simply stays failed
                     continue
+                if self._key_holder(conn, job) is not None:
+                    continue  # its unique key is taken again: it stays failed, like a refusal
                 self._reset(conn, job, now)
                 count += 1
             if count:
@@ -1383,6 +1412,8 @@ class Store:
                 progress=None,
                 progress_message=None,
                 end_reason=None,
+                # An operator asked for it to run now: a deadline it missed no longer applies.
+                expires_at=None,
             )
         )
         self._event(conn, job.id, "retry", f"retried by an operator (was {job.status})", None, now)
@@ -1465,16 +1496,22 @@ class Store:
 
     # -- schedules ---------------------------------------------------------------------------
 
-    def add_schedules(self, latest: Mapping[str, float], now: float | None = None) -> None:
-        """Record schedules not seen before, each as if its latest tick were taken: a new
-        schedule waits for its next tick instead of running at once for a past one."""
+    def add_schedules(
+        self, latest: Mapping[str, tuple[float, str]], now: float | None = None
+    ) -> None:
+        """Record schedules (name → (latest tick, timing)). One not seen before, or whose
+        timing changed, counts its latest tick as taken: it waits for its next tick instead of
+        running at once for a past one. One known already keeps its last tick."""
         if not latest:
             return
         now = time.time() if now is None else now
         with self._hot_write() as run:
             run(
                 _ADD_SCHEDULE,
-                [{"name": n, "tick": t, "now": now} for n, t in sorted(latest.items())],
+                [
+                    {"name": n, "tick": t, "spec": spec, "now": now}
+                    for n, (t, spec) in sorted(latest.items())
+                ],
             )
 
     def take_tick(
@@ -1517,13 +1554,14 @@ class Store:
         return Tick(tick, Job.from_row(_NEW_ROW | values | {"id": job_id}), None)
 
     def set_schedule_paused(
-        self, name: str, paused: bool, latest_tick: float, now: float | None = None
+        self, name: str, paused: bool, latest_tick: float, spec: str, now: float | None = None
     ) -> None:
         """Pause or resume a schedule for every runner. A resume starts from `latest_tick`:
         ticks missed while paused never run."""
         now = time.time() if now is None else now
+        params = {"name": name, "paused": paused, "tick": latest_tick, "spec": spec, "now": now}
         with self._hot_write() as run:
-            run(_PAUSE_SCHEDULE, {"name": name, "paused": paused, "tick": latest_tick, "now": now})
+            run(_PAUSE_SCHEDULE, params)
 
     def schedule_rows(self) -> dict[str, models.ScheduleRow]:
         """Every stored schedule, with the status of its last job."""

@@ -58,11 +58,16 @@ class Scheduler:
             return False
         enqueued = False
         try:
-            new = {n: s.latest_tick(now.wall) for n, s in specs.items() if n not in self._added}
+            new = {
+                n: (s.latest_tick(now.wall), s.timing)
+                for n, s in specs.items()
+                if n not in self._added
+            }
             if new:
-                # A schedule new to the database starts as if its latest tick were taken (it
-                # waits for the next); one known already keeps its last tick: the loop below
-                # then takes the latest tick missed while no runner was up, once.
+                # A schedule new to the database (or with a new timing) starts as if its latest
+                # tick were taken (it waits for the next); one known already keeps its last
+                # tick: the loop below then takes the latest tick missed while no runner was
+                # up, once.
                 self.store.add_schedules(new, now=now.wall)
                 self._added.update(new)
             for name, spec in specs.items():

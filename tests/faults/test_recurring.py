@@ -30,6 +30,7 @@ def tables(app: Any) -> None:
     """The job tables exist before the first runner looks (the helpers below read them)."""
     store_of(app).ensure_tables()
 
+
 #: How long the three runners watch the schedules (the issue: 30 s).
 WATCH = float(os.environ.get("BGJOBS_FAULTS_SCHEDULE_SECONDS") or 30)
 SCHEDULE = {
@@ -114,7 +115,10 @@ def test_three_runners_enqueue_exactly_one_job_per_tick_even_when_one_is_killed(
 def test_after_downtime_only_the_latest_missed_tick_runs_once(
     env: Env, app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("BGJOBS_SCHEDULE", json.dumps({"beat": SCHEDULE["beat"]}))
+    # overlap allow: the job of the last tick before the stop may still be waiting then, and
+    # with skip the returning runner would rightly skip the latest tick for it.
+    beat = SCHEDULE["beat"] | {"overlap": "allow"}
+    monkeypatch.setenv("BGJOBS_SCHEDULE", json.dumps({"beat": beat}))
     worker = start_worker(env, runner_id="host-a")
     wait_for(lambda: ticks(app, "beat"), timeout=30, what="a first job")
     worker.send_signal(signal.SIGTERM)
@@ -199,6 +203,9 @@ def test_schedules_are_listed_and_paused_for_every_runner(
         ({"job": "os:system", "every": 5}, "job"),
         ({"job": "jobapp.jobs.Jobs", "every": 5}, "job"),
         ({"job": "jobapp.jobs.Jobs:noop", "every": 5, "overlap": "maybe"}, "overlap"),
+        ({"job": "jobapp.jobs.Jobs:noop", "every": 5, "queue": "a b"}, "queue"),
+        ({"job": "jobapp.jobs.Jobs:noop", "every": 5, "priority": "high"}, "priority"),
+        ({"job": "jobapp.jobs.Jobs:noop", "every": 5, "timeout": -1}, "timeout"),
     ],
 )
 def test_a_malformed_schedule_stops_the_app_naming_the_schedule_and_field(
@@ -210,3 +217,17 @@ def test_a_malformed_schedule_stops_the_app_naming_the_schedule_and_field(
     assert result.stderr.count("\n") == 1, result.stderr
     assert "BGJOBS_SCHEDULE" in result.stderr
     assert f"schedule 'bad-one', field '{field}'" in result.stderr
+
+
+def test_a_schedule_whose_timing_changed_waits_for_its_next_tick(
+    env: Env, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Moving a cron line is not a missed tick: the new timing starts afresh."""
+    yearly = {"job": "jobapp.jobs.Jobs:noop", "cron": "0 0 1 1 *"}
+    monkeypatch.setenv("BGJOBS_SCHEDULE", json.dumps({"report": yearly}))
+    env.burst()  # records the schedule, its last tick last 1 January
+    monkeypatch.setenv("BGJOBS_SCHEDULE", json.dumps({"report": yearly | {"cron": "* * * * *"}}))
+    changed_at = time.time()
+    env.burst()
+    early = [t for t in ticks(app, "report") if t <= changed_at]
+    assert early == [], "the new timing ran at once for a tick before the change"

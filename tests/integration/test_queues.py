@@ -116,12 +116,12 @@ def test_a_concurrency_key_limits_running_jobs_across_runners_without_spending_a
         run_background_job(
             J,
             "span",
-            ["keyed", 0.3],
+            ["keyed", 0.2],
             concurrency_key="tenant-7",
             concurrency_limit=2,
             retry_attempts=0,
         )
-        for _ in range(12)
+        for _ in range(20)
     ]
     others = [run_background_job(J, "span", ["other", 0.05], priority=-1) for _ in range(4)]
     workers = [env.start_worker("--concurrency", "3") for _ in range(3)]
@@ -134,7 +134,7 @@ def test_a_concurrency_key_limits_running_jobs_across_runners_without_spending_a
         w.terminate()
         assert w.wait(timeout=20) == 0
     keyed = spans(env, "keyed")
-    assert len(keyed) == 12
+    assert len(keyed) == 20
     assert most_at_once(keyed) == 2
     assert all(bgjobs.get_job(j.id).attempts == 1 for j in limited), "an attempt was spent waiting"
     # The jobs of no key ran while the keyed ones waited (not after them all).
@@ -225,3 +225,30 @@ def test_runners_delete_finished_jobs_past_the_retention_failed_ones_after_twice
     env.burst()  # a new runner purges at once, then hourly
     remaining = {j.id for j in bgjobs.list_jobs()[0]}
     assert remaining == {bad.id, keep.id}
+
+
+def test_retrying_a_job_whose_unique_key_another_job_holds_is_refused_cleanly(
+    env: Env, bgjobs: Any
+) -> None:
+    old = run_background_job(J, "fail", ["x"], retry_attempts=0, unique_key="export")
+    other_failed = run_background_job(J, "fail", ["y"], retry_attempts=0)
+    env.burst()
+    holder = run_background_job(J, "noop", unique_key="export", delay=3600)
+    refused = env.flask("bgjobs", "retry", str(old.id))
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert f"held by job {holder.id}" in refused.stderr
+    all_failed = env.flask("bgjobs", "retry", "--all-failed")
+    assert all_failed.stdout == "1 job(s) retried\n", all_failed.stderr
+    assert bgjobs.get_job(other_failed.id).status == "pending"
+    assert bgjobs.get_job(old.id).status == "failed"
+
+
+def test_a_retried_expired_job_runs_instead_of_expiring_again(env: Env, bgjobs: Any) -> None:
+    job = run_background_job(J, "record", ["revived"], expires_in=0.1)
+    wait_for(lambda: time.time() > job.expires_at + 0.05, what="the expiry to pass")
+    env.burst()
+    assert bgjobs.get_job(job.id).end_reason == "expired"
+    bgjobs.retry(job.id)
+    env.burst()
+    assert bgjobs.get_job(job.id).status == "succeeded"
+    assert len(env.marks_of("revived")) == 1

@@ -79,6 +79,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(200), primary_key=True),
         sa.Column("paused", sa.Boolean, nullable=False),
         sa.Column("last_tick", sa.Double),
+        sa.Column("spec", sa.String(300)),
         sa.Column("last_job_id", _Id),
         sa.Column("updated_at", sa.Double),
     )
