@@ -197,10 +197,14 @@ class Jobs:
         """This process's limits, as the job sees them."""
         import resource
 
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         return {
             "data": resource.getrlimit(resource.RLIMIT_DATA)[0],
             "cpu": resource.getrlimit(resource.RLIMIT_CPU)[0],
             "pid": os.getpid(),
+            "self_cpu": me.ru_utime + me.ru_stime,
+            "children_cpu": kids.ru_utime + kids.ru_stime,
         }
 
 
