@@ -296,6 +296,9 @@ def _attempt(
 
     with current.running(current.JobContext(work.job_id, work.attempt, report)):
         final = run_attempt(work, allowlist, max_params_bytes)
+    # Lift them: what follows is ours, and a reused process's CPU clock runs on between
+    # attempts; SIGXCPU then would fail an attempt that had finished, or the next one.
+    enforcer.apply(NO_LIMITS)
     # What the attempt printed reaches the output pipe before its final message, so the
     # runner, draining the pipe when the message arrives, gives it to this attempt.
     _flush_streams()
