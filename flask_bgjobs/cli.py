@@ -16,9 +16,9 @@ from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
-from flask_bgjobs import models, security, service
+from flask_bgjobs import limits, models, security, service
 from flask_bgjobs.errors import BgJobsError
-from flask_bgjobs.models import Job
+from flask_bgjobs.models import Event, Job
 from flask_bgjobs.state import EXTENSION_KEY, AppState
 
 #: Longest error line printed; a huge message (a giant class name) is cut, not dumped.
@@ -391,10 +391,107 @@ def _print_job(job: Job) -> None:
         for e in job.events:
             attempt = f"attempt {e.attempt}" if e.attempt else ""
             click.echo(f"  {_when(e.at)}  {p(str(e.kind)):<13}  {attempt:<10}  {p(str(e.message))}")
+        _print_attempts(job.events)
     if job.traceback:
         click.echo("traceback:")
-        for line in str(job.traceback).rstrip("\n").split("\n"):
-            click.echo("  " + p(line))
+        _print_block(str(job.traceback))
+    ended = [e for e in job.events or () if e.ends_attempt]
+    if ended and ended[-1].output:
+        click.echo(f"output (attempt {ended[-1].attempt}, its stdout and stderr):")
+        _print_block(models.text_of(ended[-1].output) or "")
+
+
+def _print_block(text: str) -> None:
+    """Lines of stored text, indented, each escaped for the terminal."""
+    for line in text.rstrip("\n").split("\n"):
+        click.echo("  " + security.printable(line))
+
+
+def _print_attempts(events: tuple[Event, ...]) -> None:
+    """One line per attempt that ended: how long it took, why, and what it used."""
+    rows = []
+    for started, end in models.attempts_of(events):
+        took = end.at - started.at if started is not None else None
+        rows.append(
+            (
+                str(end.attempt),
+                _when(started.at if started is not None else None),
+                "-" if took is None or not 0 <= took < 1e9 else f"{took:.2f} s",
+                security.printable(str(end.kind)),
+                "-" if end.max_rss_kb is None else limits.size_text(end.max_rss_kb * 1024),
+                "-" if models.finite(end.cpu_s) is None else f"{end.cpu_s:.2f} s",
+            )
+        )
+    if not rows:
+        return
+    click.echo("attempts:")
+    header = ("#", "STARTED (UTC)", "TOOK", "ENDED", "PEAK RSS", "CPU")
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    right = (True, False, True, False, True, True)
+    for row in (header, *rows):
+        cells = [
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)
+        ]
+        click.echo("  " + "  ".join(cells).rstrip())
+
+
+class _NotRun(click.ClickException):
+    """The stored job could not be run at all (unknown, not allowed, bad params): exit 2."""
+
+    exit_code = 2
+
+
+@bgjobs_cli.command("run")
+@click.argument("job_id", type=_JOB_ID)
+@click.option(
+    "--pdb", "use_pdb", is_flag=True, help="Open the post-mortem debugger if the job raises."
+)
+def run_command(job_id: int, use_pdb: bool) -> None:
+    """Run a stored job here, in the foreground, to reproduce or debug it.
+
+    Calls the job's target with its stored params in this process, after the allowlist
+    check the runner makes. The job's record is not touched: no status, attempt, event or log
+    line is written, and limits and timeouts do not apply. Progress reports go to stderr; the
+    return value is printed on stdout as JSON.
+
+    Exit code 0 when the job returns; 1 when it raises (its traceback on stderr, and with
+    --pdb the debugger first); 2 when it cannot be run (no such job, not allowed, bad params).
+
+    \b
+    Examples:
+      flask bgjobs run 17
+      flask bgjobs run 17 --pdb
+    """
+    from flask_bgjobs import current, executor  # the job process's code: only this command
+
+    state = _state()
+    try:
+        job = state.store.get(job_id)
+        params = security.decode_params(job.params_json, state.settings.max_params_bytes)
+        target = security.resolve(job.class_name, job.method_name, state.allowlist)
+    except BgJobsError as exc:
+        raise _NotRun(f"job {job_id} not run: {_one_line(str(exc))}") from None
+
+    def report(percent: float, message: str) -> None:
+        text = f"progress {percent:g}%" + (f": {message}" if message else "")
+        click.echo(security.printable(text), err=True)
+
+    context = current.JobContext(job.id, max(1, job.attempts), report)
+    try:
+        with current.running(context):
+            result = executor.call(target, params)
+    except BaseException as exc:  # noqa: BLE001 - the job's exception, whatever it is, is the point
+        click.echo(executor.job_traceback(exc), err=True, nl=False)
+        if use_pdb:
+            import pdb
+
+            pdb.post_mortem(executor.job_frames(exc) or exc.__traceback__)
+        raise SystemExit(1) from None
+    encoded = executor.encode_result(result, state.settings.max_params_bytes)
+    if isinstance(encoded, executor.Note):
+        click.echo(encoded.text, err=True)
+    else:
+        click.echo(encoded)
 
 
 @bgjobs_cli.command("retry")

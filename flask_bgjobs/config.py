@@ -98,6 +98,10 @@ class Settings:
     retention_days: float
     #: ``BGJOBS_SCHEDULE``: recurring jobs by name.
     schedule: Mapping[str, recurring.Schedule]
+    #: ``BGJOBS_MEMORY_LIMIT``: bytes of memory per attempt of a job that sets none, 0 for none.
+    memory_limit: int
+    #: ``BGJOBS_CPU_LIMIT``: CPU seconds per attempt of a job that sets none, 0 for none.
+    cpu_limit: float
 
 
 @dataclass(frozen=True)
@@ -215,6 +219,23 @@ def _seconds(minimum: float, *, exclusive: bool = False, optional: bool = False)
         return number
 
     return parse
+
+
+_BYTES_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _bytes(value: object, ctx: Context) -> int:
+    """A size: an integer of bytes, or a number with K, M, G or T (powers of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and (match := _BYTES_RE.fullmatch(value.strip())):
+        number = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    else:
+        raise _Invalid(f"expected a number of bytes (or with K, M, G), got {_show(value)}")
+    if number < 0:
+        raise _Invalid(f"expected a number of bytes >= 0, got {number}")
+    return number
 
 
 def _boolean(value: object, ctx: Context) -> bool:
@@ -666,6 +687,22 @@ KEYS: tuple[Key, ...] = (
         _schedule,
         "Recurring jobs by name: {'nightly': {'job': 'pkg.mod.Class:method', 'cron': "
         "'0 2 * * *'}}; in the environment, the same as a JSON object.",
+    ),
+    Key(
+        "BGJOBS_MEMORY_LIMIT",
+        0,
+        None,
+        _bytes,
+        "Memory per attempt (RLIMIT_DATA of its process), for jobs enqueued without "
+        "memory_limit: bytes, or a number with K, M or G (powers of 1024); 0 for none.",
+    ),
+    Key(
+        "BGJOBS_CPU_LIMIT",
+        0.0,
+        None,
+        _seconds(0),
+        "CPU seconds (user + system) per attempt (RLIMIT_CPU of its process), for jobs "
+        "enqueued without cpu_limit; 0 for none.",
     ),
 )
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import faulthandler
 import gc
 import inspect
+import io
 import json
 import os
 import signal
@@ -23,10 +25,12 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from flask_bgjobs import current, security
+from flask_bgjobs import current, limits, security
 from flask_bgjobs.errors import BgJobsError, InvalidJob
+from flask_bgjobs.limits import NO_LIMITS, Limits
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -37,13 +41,17 @@ MAX_TRACEBACK = 64 * 1024
 MAX_ERROR = 4000
 
 # Messages on the channel, one JSON object per line. Runner → job process:
-MSG_JOB = "job"  # {"t": "job", "id", "attempt", "class", "method", "params"}
+MSG_JOB = "job"  # {"t": "job", "id", "attempt", "class", "method", "params", "mem"?, "cpu"?}
 # Job process → runner:
+MSG_USAGE = "u"  # {"t": "u", "cpu"}: CPU used before this attempt (not in a fresh fork)
 MSG_PROGRESS = "p"  # {"t": "p", "pct", "msg"}
 MSG_OK = "ok"  # {"t": "ok", "result": JSON text or null, "note"?}
-MSG_ERROR = "err"  # {"t": "err", "error", "tb"}
+MSG_ERROR = "err"  # {"t": "err", "error", "tb", "mem"?: true for a MemoryError}
 MSG_REJECTED = "rej"  # {"t": "rej", "error"}
 FINAL_MESSAGES = (MSG_OK, MSG_ERROR, MSG_REJECTED)
+# A final message of a reused process also carries "usage": {"rss": KiB, "cpu": seconds}, and
+# "retire": true when the process exits after it (after a MemoryError: a fresh process for
+# the next attempt, as after any other limit).
 
 #: Environment of a spawned job process: its end of the channel, and how many attempts to run.
 CHANNEL_FD_ENV = "BGJOBS_CHANNEL_FD"
@@ -62,10 +70,11 @@ class Work:
     class_name: str
     method_name: str
     params_json: str
+    limits: Limits = NO_LIMITS
 
     def message(self) -> bytes:
         """The channel message that hands this attempt to a waiting job process."""
-        data = {
+        data: dict[str, Any] = {
             "t": MSG_JOB,
             "id": self.job_id,
             "attempt": self.attempt,
@@ -73,6 +82,10 @@ class Work:
             "method": self.method_name,
             "params": self.params_json,
         }
+        if self.limits.memory:
+            data["mem"] = self.limits.memory
+        if self.limits.cpu:
+            data["cpu"] = self.limits.cpu
         return (json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n").encode(
             "utf-8", "surrogatepass"
         )
@@ -86,6 +99,7 @@ class Work:
             str(message["class"]),
             str(message["method"]),
             str(message["params"]),
+            Limits(int(message.get("mem", 0)), float(message.get("cpu", 0.0))),
         )
 
 
@@ -177,23 +191,35 @@ def serve(
         _set_parent_death_signal()
         if os.getppid() != parent_pid:  # the runner died before prctl took effect
             os._exit(1)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+        for sig in _DEFAULT_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         # The runner's objects came across the fork: freeze them so this process's garbage
         # collector never walks (and copies) every inherited page.
         gc.freeze()
+        _prepare_output()
         after_fork()
+        enforcer = limits.Enforcer()
         work = first
+        fresh = first is not None  # a forked process's first attempt: wait4 says it all
         for _ in range(max(1, budget)):
             if work is None:
                 work = channel.next_work()
                 if work is None:
                     break
             with app.app_context():
-                _attempt(work, channel, allowlist, max_params_bytes)
-            _flush_streams()
-            work = None
+                more = _attempt(
+                    work,
+                    channel,
+                    allowlist,
+                    max_params_bytes,
+                    enforcer=enforcer,
+                    fresh=fresh,
+                    reused=budget > 1,
+                )
+            work, fresh = None, False
+            if not more:
+                break
     except BaseException as exc:  # noqa: BLE001 - nothing may escape a job process
         code = 70
         try:  # say why, if the channel still works: "exit code 70" alone helps nobody
@@ -205,6 +231,35 @@ def serve(
         os._exit(code)
 
 
+# Signals a job process takes with their default action. SIGXCPU's ends the process when it
+# passes its CPU limit.
+_DEFAULT_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in ("SIGTERM", "SIGINT", "SIGCHLD", "SIGHUP", "SIGXCPU")
+    if hasattr(signal, name)
+)
+
+
+def _prepare_output() -> None:
+    """In a job process, whose fd 1 and 2 are its attempts' output: make it complete.
+
+    Python's stdout to a pipe is block-buffered: a job that crashes would lose its last
+    prints, and prints would land after later ``os.write`` and subprocess output. Line
+    buffering keeps them whole and in order. faulthandler writes a crash's Python traceback
+    (a segfault in C code) to fd 2, so it lands in the output too.
+    """
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        stream = getattr(sys, name)
+        if stream is None:  # a runner started without them: still give prints somewhere to go
+            with contextlib.suppress(OSError):
+                setattr(sys, name, open(fd, "w", buffering=1, closefd=False))  # noqa: SIM115
+        elif isinstance(stream, io.TextIOWrapper) and not stream.line_buffering:
+            with contextlib.suppress(Exception):
+                stream.reconfigure(line_buffering=True)
+    with contextlib.suppress(Exception):
+        faulthandler.enable(file=2, all_threads=True)
+
+
 def _flush_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -214,15 +269,48 @@ def _flush_streams() -> None:
 
 
 def _attempt(
-    work: Work, channel: _Channel, allowlist: security.Allowlist, max_params_bytes: int
-) -> None:
-    """Run one attempt and send its final message."""
+    work: Work,
+    channel: _Channel,
+    allowlist: security.Allowlist,
+    max_params_bytes: int,
+    *,
+    enforcer: limits.Enforcer,
+    fresh: bool,
+    reused: bool,
+) -> bool:
+    """Run one attempt under its limits and send its final message.
+
+    Returns False when this process must run no further attempt. `fresh` is a forked
+    process's first attempt (its usage so far is nil); in a `reused` process the attempt
+    measures its own usage, as no ``wait4`` will.
+    """
+    meter = None
+    if reused or not fresh:
+        meter = limits.Meter.start()
+        if not fresh:  # the runner subtracts it from wait4's figures if the process dies
+            channel.send({"t": MSG_USAGE, "cpu": round(meter.cpu_base, 6)})
+    enforcer.apply(work.limits)
 
     def report(percent: float, message: str) -> None:
         channel.send({"t": MSG_PROGRESS, "pct": percent, "msg": message})
 
     with current.running(current.JobContext(work.job_id, work.attempt, report)):
-        channel.send(run_attempt(work, allowlist, max_params_bytes))
+        final = run_attempt(work, allowlist, max_params_bytes)
+    # Lift them: what follows is ours, and a reused process's CPU clock runs on between
+    # attempts; SIGXCPU then would fail an attempt that had finished, or the next one.
+    enforcer.apply(NO_LIMITS)
+    # What the attempt printed reaches the output pipe before its final message, so the
+    # runner, draining the pipe when the message arrives, gives it to this attempt.
+    _flush_streams()
+    more = True
+    if reused:
+        if meter is not None:
+            final["usage"] = meter.stop()
+        if final.get("mem"):  # a limit was hit: the next attempt gets a fresh process
+            final["retire"] = True
+            more = False
+    channel.send(final)
+    return more
 
 
 def run_attempt(work: Work, allowlist: security.Allowlist, max_params_bytes: int) -> dict[str, Any]:
@@ -237,16 +325,20 @@ def run_attempt(work: Work, allowlist: security.Allowlist, max_params_bytes: int
     except BgJobsError as exc:
         return {"t": MSG_REJECTED, "error": _error_text(exc)}
     try:
-        result = target(*params) if isinstance(params, list) else target(**params)
-        if inspect.isawaitable(result):  # an async def target: run it here, to the end
-            result = _await(result)
+        result = call(target, params)
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the attempt too
-        # Start the traceback at the job's own frame: ours is noise to the reader.
-        frames = exc.__traceback__.tb_next if exc.__traceback__ else None
-        tb = "".join(traceback.format_exception(type(exc), exc, frames))
-        if len(tb) > MAX_TRACEBACK:
-            tb = "…\n" + tb[-MAX_TRACEBACK:]
-        return {"t": MSG_ERROR, "error": _error_text(exc), "tb": tb}
+        memory = isinstance(exc, MemoryError)
+        if memory and exc.__traceback__ is not None:
+            # The job's frames hold what it allocated: let it go, formatting needs memory.
+            traceback.clear_frames(exc.__traceback__.tb_next)
+        error: dict[str, Any] = {
+            "t": MSG_ERROR,
+            "error": _error_text(exc),
+            "tb": job_traceback(exc),
+        }
+        if memory:
+            error["mem"] = True
+        return error
     message: dict[str, Any] = {"t": MSG_OK, "result": None}
     if result is not None:
         encoded = encode_result(result, max_params_bytes)
@@ -255,6 +347,38 @@ def run_attempt(work: Work, allowlist: security.Allowlist, max_params_bytes: int
         else:
             message["result"] = encoded
     return message
+
+
+def call(target: Callable[..., Any], params: Any) -> Any:
+    """Call a resolved target with decoded params (a list: positional, a dict: keywords).
+
+    An ``async def`` target is run here, to the end.
+    """
+    result = target(*params) if isinstance(params, list) else target(**params)
+    if inspect.isawaitable(result):
+        result = _await(result)
+    return result
+
+
+def job_frames(exc: BaseException) -> TracebackType | None:
+    """The traceback of an exception a job raised through `call`, from the job's own frame.
+
+    The frames up to `call` are ours: noise to the reader, and to a debugger.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is call.__code__:
+            return tb.tb_next
+        tb = tb.tb_next
+    return exc.__traceback__
+
+
+def job_traceback(exc: BaseException) -> str:
+    """The text of `job_frames`, cut to its last `MAX_TRACEBACK` characters."""
+    text = "".join(traceback.format_exception(type(exc), exc, job_frames(exc)))
+    if len(text) > MAX_TRACEBACK:
+        text = "…\n" + text[-MAX_TRACEBACK:]
+    return text
 
 
 def _await(awaitable: Any) -> Any:

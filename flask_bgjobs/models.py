@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -58,6 +58,10 @@ END_CANCELLED = "cancelled"
 END_REJECTED = "rejected"
 #: Never started within ``expires_in`` of falling due: cancelled, never run (not an attempt).
 END_EXPIRED = "expired"
+#: Past its memory limit: a MemoryError raised in the job, or its process gave up for memory.
+END_MEMORY = "memory"
+#: Past its CPU limit: its process was killed by SIGXCPU (or SIGKILL) from RLIMIT_CPU.
+END_CPU = "cpu"
 END_REASONS: tuple[str, ...] = (
     END_SUCCEEDED,
     END_EXCEPTION,
@@ -69,6 +73,8 @@ END_REASONS: tuple[str, ...] = (
     END_CANCELLED,
     END_REJECTED,
     END_EXPIRED,
+    END_MEMORY,
+    END_CPU,
 )
 
 #: Reasons that count as a failed attempt (not cancels or shutdowns, which operators chose).
@@ -79,6 +85,8 @@ ATTEMPT_FAILURES: tuple[str, ...] = (
     END_TIMEOUT,
     END_LEASE_EXPIRED,
     END_REJECTED,
+    END_MEMORY,
+    END_CPU,
 )
 
 #: The schema these tables describe: the head of the migrations in ``flask_bgjobs/migrations``
@@ -317,6 +325,23 @@ class Event:
         return data
 
 
+def attempts_of(events: Sequence[Event]) -> list[tuple[Event | None, Event]]:
+    """Each attempt that ended, in order: ``(its started event or None, its ending event)``.
+
+    Attempt numbers start again at 1 after an operator's retry, so an ending event belongs to
+    the latest started attempt of its number that has not ended yet.
+    """
+    open_: dict[int, Event] = {}
+    pairs: list[tuple[Event | None, Event]] = []
+    for event in events:
+        if event.kind == "started" and event.attempt is not None:
+            open_[event.attempt] = event
+        elif event.ends_attempt:
+            assert event.attempt is not None
+            pairs.append((open_.pop(event.attempt, None), event))
+    return pairs
+
+
 @dataclass(frozen=True)
 class Shown:
     """A stored JSON text as readers show it (decoded once per `Job`, then shared)."""
@@ -456,7 +481,8 @@ class Job:
         return self.status in FINISHED_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of SPEC §9, exactly (``events`` only when they were loaded).
+        """The JSON shape of SPEC §9, exactly (``events`` and, SPEC §13, ``output`` only when
+        the events were loaded: the single-job view).
 
         The traceback, timeout and end reason stay off it: the contract fixes the keys. Pages
         and ``flask bgjobs show`` read them from the `Job` itself.
@@ -491,7 +517,20 @@ class Job:
         }
         if self.events is not None:
             data["events"] = [e.to_dict() for e in self.events]
+            data["output"] = self.output
         return data
+
+    @property
+    def output(self) -> str | None:
+        """What the latest attempt that ended wrote to its stdout and stderr (SPEC §13).
+
+        Its last 64 KiB, with a first line saying how much came before; ``None`` when it wrote
+        nothing, or when the events were not loaded.
+        """
+        for event in reversed(self.events or ()):
+            if event.ends_attempt:
+                return text_of(event.output)
+        return None
 
 
 @dataclass(frozen=True)

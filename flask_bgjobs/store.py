@@ -130,6 +130,11 @@ class Outcome:
     #: Seconds until the retry; ``None`` when no attempt is left (the job fails for good).
     retry_in: float | None = None
     pid: int | None = None
+    #: Peak RSS (KiB) and user + system CPU (seconds) of the attempt's process, if known.
+    max_rss_kb: int | None = None
+    cpu_s: float | None = None
+    #: What the attempt wrote to its stdout and stderr (its last 64 KiB), if anything.
+    output: str | None = None
 
 
 @dataclass(frozen=True)
@@ -259,6 +264,10 @@ _LIMIT_LOCK_KEY = 0x62676A6C696D
 _INSERT_EVENT = """
 INSERT INTO bgjobs_events (job_id, at, kind, message, attempt)
 VALUES (:job_id, :at, :kind, :message, :attempt)"""
+# The event that ends an attempt also says what the attempt used and wrote.
+_INSERT_END_EVENT = """
+INSERT INTO bgjobs_events (job_id, at, kind, message, attempt, max_rss_kb, cpu_s, output)
+VALUES (:job_id, :at, :kind, :message, :attempt, :max_rss_kb, :cpu_s, :output)"""
 #: The fence: the row is still running this attempt under this lease owner.
 _FENCE = "id = :id AND status = 'running' AND attempts = :attempt AND lease_owner = :owner"
 _FINISH = (
@@ -299,6 +308,44 @@ _RECLAIM = (
     "end_reason = 'lease_expired', lease_owner = NULL, lease_expires_at = NULL, "
     "error = :error, traceback = NULL WHERE " + _FENCE
 )
+# Attempts that ended since :since, per job; each with its duration (from the latest started
+# event of its number before it: numbers start again after an operator's retry) and its peak
+# RSS; then the nearest-rank 50th and 95th percentiles of both. NULLs sort last on both
+# backends ("x IS NULL" first) and are not counted.
+_ATTEMPT_STATS = """
+WITH ended AS (
+    SELECT j.class_name AS class_name, j.method_name AS method_name, e.kind AS kind,
+        e.max_rss_kb AS rss,
+        e.at - (
+            SELECT s.at FROM bgjobs_events s
+            WHERE s.job_id = e.job_id AND s.kind = 'started' AND s.attempt = e.attempt
+                AND s.id < e.id
+            ORDER BY s.id DESC LIMIT 1
+        ) AS took
+    FROM bgjobs_events e JOIN bgjobs_jobs j ON j.id = e.job_id
+    WHERE e.at >= :since AND e.attempt IS NOT NULL AND e.kind IN :kinds
+),
+ranked AS (
+    SELECT class_name, method_name, kind, took, rss,
+        ROW_NUMBER() OVER (
+            PARTITION BY class_name, method_name ORDER BY took IS NULL, took
+        ) AS took_rank,
+        COUNT(took) OVER (PARTITION BY class_name, method_name) AS took_n,
+        ROW_NUMBER() OVER (
+            PARTITION BY class_name, method_name ORDER BY rss IS NULL, rss
+        ) AS rss_rank,
+        COUNT(rss) OVER (PARTITION BY class_name, method_name) AS rss_n
+    FROM ended
+)
+SELECT class_name, method_name, COUNT(*) AS attempts,
+    SUM(CASE WHEN kind = :ok THEN 0 ELSE 1 END) AS failed,
+    MAX(CASE WHEN took_rank = (took_n * 50 + 99) / 100 THEN took END) AS p50_s,
+    MAX(CASE WHEN took_rank = (took_n * 95 + 99) / 100 THEN took END) AS p95_s,
+    MAX(CASE WHEN rss_rank = (rss_n * 50 + 99) / 100 THEN rss END) AS p50_rss_kb,
+    MAX(CASE WHEN rss_rank = (rss_n * 95 + 99) / 100 THEN rss END) AS p95_rss_kb
+FROM ranked
+GROUP BY class_name, method_name
+ORDER BY COUNT(*) DESC, class_name, method_name"""
 _PARAMS = {
     sql: frozenset(re.findall(r":(\w+)", sql))
     for sql in (_FINISH_SUCCEEDED, _FINISH_SHUTDOWN, _FINISH_RETRYING, _FINISH_FAILED)
@@ -325,6 +372,9 @@ MAX_TRACEBACK = 64 * 1024
 MAX_PROGRESS_MESSAGE = 1000
 #: Longest event message (characters).
 MAX_MESSAGE = 4000
+#: Longest output kept per attempt (characters; the tail is the useful part). The runner keeps
+#: the last 64 KiB already: this only bounds what reaches the database.
+MAX_OUTPUT = 64 * 1024
 
 
 def _busy(exc: BaseException) -> DatabaseBusy | None:
@@ -1226,13 +1276,16 @@ class Store:
                 ok = run(stmt, {k: params[k] for k in _PARAMS[stmt]}) == 1
                 if ok:
                     run(
-                        _INSERT_EVENT,
+                        _INSERT_END_EVENT,
                         {
                             "job_id": o.job_id,
                             "at": now,
                             "kind": o.reason,
                             "message": storable(o.message, MAX_MESSAGE),
                             "attempt": o.attempt,
+                            "max_rss_kb": o.max_rss_kb,
+                            "cpu_s": o.cpu_s,
+                            "output": storable(o.output, MAX_OUTPUT, tail=True),
                         },
                     )
                 applied.append(ok)
@@ -1678,6 +1731,37 @@ class Store:
             {"at": models.iso(since + i * bucket), "succeeded": succeeded[i], "failed": failed[i]}
             for i in range(n)
         ]
+
+    def attempt_stats(self, since: float) -> list[dict[str, Any]]:
+        """Per job (class and method), the attempts that ended since `since`, in figures.
+
+        ``[{class_name, method_name, attempts, failed, p50_s, p95_s, p50_rss_kb, p95_rss_kb}]``,
+        the busiest job first. Failed attempts are those of `models.ATTEMPT_FAILURES` (cancels
+        and shutdowns are neither). Durations run from an attempt's started event to its
+        ending event; percentiles are nearest-rank, computed in SQL (window functions, which
+        both backends have), so a busy day costs a result of one row per job.
+        """
+        kinds = (models.END_SUCCEEDED, *models.ATTEMPT_FAILURES)
+        stmt = sa.text(_ATTEMPT_STATS).bindparams(
+            sa.bindparam("kinds", expanding=True), sa.bindparam("ok")
+        )
+        with self._read() as conn:
+            rows = conn.execute(
+                stmt, {"since": since, "kinds": list(kinds), "ok": models.END_SUCCEEDED}
+            ).mappings()
+            return [
+                {
+                    "class_name": r["class_name"],
+                    "method_name": r["method_name"],
+                    "attempts": int(r["attempts"]),
+                    "failed": int(r["failed"]),
+                    "p50_s": models.finite(r["p50_s"]),
+                    "p95_s": models.finite(r["p95_s"]),
+                    "p50_rss_kb": None if r["p50_rss_kb"] is None else int(r["p50_rss_kb"]),
+                    "p95_rss_kb": None if r["p95_rss_kb"] is None else int(r["p95_rss_kb"]),
+                }
+                for r in rows
+            ]
 
     def next_due_at(self, queues: Sequence[str] | None = None) -> float | None:
         """When the earliest waiting job a runner of `queues` may claim falls due (``None``:

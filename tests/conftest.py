@@ -39,6 +39,9 @@ SPEC_JOB_KEYS = frozenset(
     }
 )  # fmt: skip
 
+#: The single-job view adds ``events`` (SPEC §9) and the latest attempt's ``output`` (§13).
+SPEC_SINGLE_JOB_KEYS = SPEC_JOB_KEYS | {"events", "output"}
+
 #: SPEC §9: an event's keys; one that ends an attempt also carries its usage (SPEC §13).
 SPEC_EVENT_KEYS = frozenset({"at", "kind", "message", "attempt"})
 SPEC_END_EVENT_KEYS = SPEC_EVENT_KEYS | {"max_rss_kb", "cpu_s"}

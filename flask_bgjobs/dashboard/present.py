@@ -17,7 +17,7 @@ from typing import Any
 from flask import jsonify, render_template, request
 from werkzeug.wrappers import Response
 
-from flask_bgjobs import models, security
+from flask_bgjobs import limits, models, security
 from flask_bgjobs.models import Event, Job, Shown
 
 #: Why an attempt ended (`models.END_REASONS`), as the attempts table says it.
@@ -31,6 +31,8 @@ END_REASON_TEXT: dict[str, str] = {
     models.END_SHUTDOWN: "runner shut down (given back)",
     models.END_CANCELLED: "cancelled",
     models.END_REJECTED: "refused at run time",
+    models.END_MEMORY: "ran out of memory",
+    models.END_CPU: "CPU limit exceeded",
 }
 
 #: One-line meaning of each status, shown as a tooltip next to the label.
@@ -89,6 +91,29 @@ def duration(seconds: float | None) -> str:
         return f"{hours} h {minutes:02d} min"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h"
+
+
+def rss(kb: int | None) -> str:
+    """A peak RSS in KiB as ``44.6 MiB``, or an em dash when unknown."""
+    if kb is None or not isinstance(kb, int) or kb < 0:
+        return "—"
+    return limits.size_text(kb * 1024)
+
+
+def cpu(seconds: float | None) -> str:
+    """CPU seconds as ``0.02 s`` or ``12.4 s``, or an em dash when unknown."""
+    value = models.finite(seconds)
+    if value is None or value < 0:
+        return "—"
+    return f"{value:.2f} s" if value < 10 else duration(value)
+
+
+def percent(part: int, whole: int) -> str:
+    """``12 %``, ``0.4 %``; an em dash for nothing out of nothing."""
+    if whole <= 0:
+        return "—"
+    share = 100 * part / whole
+    return f"{share:.0f} %" if share >= 10 or share == 0 else f"{share:.1f} %"
 
 
 def ago(ts: float | None, now: float | None = None) -> str:
@@ -205,6 +230,11 @@ class AttemptRow:
     progress_events: int = 0
     #: When an operator's retry came just before this attempt (numbers start again at 1).
     retried_at: float | None = None
+    #: Peak RSS (KiB) and CPU (seconds) of its process, once it ended.
+    max_rss_kb: int | None = None
+    cpu_s: float | None = None
+    #: What it wrote to stdout and stderr, escaped like `shown_lines` (``None``: nothing).
+    output: str | None = None
 
     @property
     def reason_text(self) -> str:
@@ -256,6 +286,8 @@ def attempts(events: Sequence[Event]) -> list[AttemptRow]:
             for row in reversed(rows):
                 if row.number == ev.attempt and row.reason is None:
                     row.ended_at, row.reason, row.message = ev.at, ev.kind, shown(ev.message)
+                    row.max_rss_kb, row.cpu_s = ev.max_rss_kb, models.finite(ev.cpu_s)
+                    row.output = None if ev.output is None else shown_lines(ev.output)
                     break
     return rows
 
@@ -277,6 +309,29 @@ def timeline(events: Iterable[Event]) -> list[TimelineRow]:
             continue
         rows.append(TimelineRow(ev.at, shown(ev.kind), shown(ev.message), ev.attempt))
     return rows
+
+
+# -- attempts per job over the last day --------------------------------------------------------
+
+
+def job_figures(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`Store.attempt_stats` rows as the overview's table shows them, texts escaped."""
+    return [
+        {
+            "module": split_name(shown(r["class_name"]))[0],
+            "short_class": split_name(shown(r["class_name"]))[1],
+            "method_name": shown(r["method_name"]),
+            "name": shown(f"{r['class_name']}::{r['method_name']}"),
+            "attempts": r["attempts"],
+            "failed": r["failed"],
+            "failure_rate": percent(r["failed"], r["attempts"]),
+            "p50": duration(r["p50_s"]),
+            "p95": duration(r["p95_s"]),
+            "p50_rss": rss(r["p50_rss_kb"]),
+            "p95_rss": rss(r["p95_rss_kb"]),
+        }
+        for r in rows
+    ]
 
 
 # -- the throughput chart ---------------------------------------------------------------------
@@ -346,6 +401,9 @@ def template_helpers() -> dict[str, Any]:
         "clock": clock,
         "ago": ago,
         "duration": duration,
+        "rss": rss,
+        "cpu": cpu,
+        "percent": percent,
         "iso": iso,
         "pretty_json": pretty_json,
         "short_json": short_json,

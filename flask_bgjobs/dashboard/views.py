@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
@@ -45,10 +46,16 @@ def job_url_base() -> str:
 # -- pages ------------------------------------------------------------------------------------
 
 
+#: The overview's table of attempts per job covers this many seconds.
+FIGURES_SPAN = 24 * 3600.0
+
+
 def overview() -> str:
-    """Counts per status, running jobs, the last hour's chart and the latest failures."""
+    """Counts per status, running jobs, the last hour's chart, the latest failures, and per
+    job the last day's attempts: failure rate, duration and peak RSS."""
     st = state()
     stats = service.stats(st)
+    figures = st.store.attempt_stats(time.time() - FIGURES_SPAN)
     running, n_running = service.list_jobs(st, status=models.RUNNING, per_page=50)
     failures, _ = service.list_jobs(st, status=models.FAILED, per_page=6)
     return render_template(
@@ -59,6 +66,7 @@ def overview() -> str:
         running=[present.job_view(j) for j in running],
         n_running=n_running,
         failures=[present.job_view(j) for j in failures],
+        figures=present.job_figures(figures),
         job_url=job_url_base(),
     )
 

@@ -9,6 +9,12 @@ attempt gets a fresh one.
 Runner and job process share one socket pair (the *channel*): the runner sends the attempt
 (when the process is reused or spawned), the job process sends progress and a final message.
 An attempt ends when its process exits, or, in a reused process, at its final message.
+
+A job process's file descriptors 1 and 2 are the write end of a pipe (the *output*) whose read
+end is one more descriptor the selector watches: what an attempt writes there, its
+subprocesses and C code included, goes into its bounded `OutputTail`. The pipe is drained
+before an attempt is closed, at its process's exit or, reused, at its final message (which the
+job process sends after flushing its streams), so output goes to the attempt that wrote it.
 """
 
 from __future__ import annotations
@@ -29,10 +35,17 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 
 from flask_bgjobs import executor
-from flask_bgjobs.executor import FINAL_MESSAGES, MSG_PROGRESS, Work
+from flask_bgjobs.executor import FINAL_MESSAGES, MSG_PROGRESS, MSG_USAGE, Work
 from flask_bgjobs.launcher import kill_group
+from flask_bgjobs.limits import NO_LIMITS, Limits, OutputTail
 from flask_bgjobs.models import Job
-from flask_bgjobs.runner.outcomes import KILLED_LOST, KILLED_SHUTDOWN, KILLED_TIMEOUT, parse_message
+from flask_bgjobs.runner.outcomes import (
+    KILLED_LOST,
+    KILLED_SHUTDOWN,
+    KILLED_TIMEOUT,
+    Usage,
+    parse_message,
+)
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -41,6 +54,13 @@ if TYPE_CHECKING:
 
 #: Most bytes kept from a job process before a line ends (a runaway writer is cut off).
 MAX_LINE = 64 * 1024 * 1024
+#: Output read per wake-up and job process: a job that writes without pause cannot hold the
+#: loop (the rest waits in the pipe, and the job waits for room in it).
+OUTPUT_READS = 16
+#: Reads when an attempt closes: what the pipe holds (64 KiB), unless a subprocess the attempt
+#: left behind keeps writing, which must not hold the loop either.
+DRAIN_READS = 64
+_CHUNK = 1 << 16
 
 FORK = "fork"
 SPAWN = "spawn"
@@ -58,6 +78,13 @@ class Attempt:
     killed: str | None = None
     #: Wait status of its process; ``None`` when the attempt ended in a reused, living process.
     status: int | None = None
+    limits: Limits = NO_LIMITS
+    #: What it wrote to its stdout and stderr (the last `limits.OUTPUT_LIMIT` bytes).
+    output: OutputTail = field(default_factory=OutputTail)
+    #: Its process's usage from ``wait4``, when the process exited during the attempt.
+    rusage: Usage | None = None
+    #: CPU seconds its process had used before the attempt (a reused or spawned process).
+    cpu_base: float = 0.0
 
     @property
     def pid(self) -> int:
@@ -78,6 +105,10 @@ class JobProcess:
     outbox: bytearray = field(default_factory=bytearray)
     popen: subprocess.Popen[bytes] | None = None
     channel_open: bool = True
+    #: Our end of its output pipe; ``None`` once closed.
+    out: int | None = None
+    #: It said it will run no further attempt (it hit a limit).
+    retiring: bool = False
 
 
 class Children:
@@ -95,6 +126,8 @@ class Children:
         max_params_bytes: int,
         on_progress: Callable[[Attempt, float, str], None],
         inherited_fds: Callable[[], Iterable[int]] = lambda: (),
+        memory_limit: int = 0,
+        cpu_limit: float = 0.0,
     ) -> None:
         self.app = app
         self.allowlist = allowlist
@@ -104,6 +137,9 @@ class Children:
         self.start_method = start_method
         self.max_params_bytes = max_params_bytes
         self.on_progress = on_progress
+        #: ``BGJOBS_MEMORY_LIMIT`` and ``BGJOBS_CPU_LIMIT``: for jobs that set none themselves.
+        self.memory_limit = memory_limit
+        self.cpu_limit = cpu_limit
         #: Descriptors of the other parts that a forked job process must close.
         self.inherited_fds = inherited_fds
         self.processes: dict[int, JobProcess] = {}
@@ -123,14 +159,21 @@ class Children:
         return min(deadlines) if deadlines else None
 
     def fds(self) -> list[int]:
-        """Our ends of every channel: a forked job process must close them."""
-        return [p.sock.fileno() for p in self.processes.values() if p.channel_open]
+        """Our ends of every channel and output pipe: a forked job process must close them."""
+        fds = [p.sock.fileno() for p in self.processes.values() if p.channel_open]
+        return fds + [p.out for p in self.processes.values() if p.out is not None]
 
     # -- start -----------------------------------------------------------------------------
 
     def start(self, job: Job, now: float) -> Attempt:
         """Start an attempt of a claimed job: in an idle reused process, else a new one."""
-        work = Work(job.id, job.attempts, job.class_name, job.method_name, job.params_json)
+        limits = Limits.for_job(
+            job.memory_limit,
+            job.cpu_limit,
+            default_memory=self.memory_limit,
+            default_cpu=self.cpu_limit,
+        )
+        work = Work(job.id, job.attempts, job.class_name, job.method_name, job.params_json, limits)
         if self.idle:
             proc = self.idle.pop()
             proc.budget -= 1
@@ -141,17 +184,22 @@ class Children:
         else:
             proc = self._fork(work)
         deadline = now + job.timeout if job.timeout > 0 else None
-        att = Attempt(job, proc, now, deadline)
+        att = Attempt(job, proc, now, deadline, limits=limits)
         proc.attempt = att
         self.attempts[job.id] = att
         return att
 
     def _fork(self, work: Work) -> JobProcess:
         mine, theirs = socket.socketpair()
+        out_r, out_w = os.pipe()
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the job process; it reports over the channel
             mine.close()
+            os.close(out_r)
+            os.dup2(out_w, 1)
+            os.dup2(out_w, 2)
+            os.close(out_w)
             executor.serve(
                 self.app,
                 theirs.fileno(),
@@ -163,12 +211,14 @@ class Children:
                 after_fork=self._close_inherited,
             )
         theirs.close()
+        os.close(out_w)
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)  # the child does it too: whichever runs first wins the race
-        return self._adopt(pid, mine, budget=self.reuse - 1)
+        return self._adopt(pid, mine, out_r, budget=self.reuse - 1)
 
     def _spawn(self) -> JobProcess:
         mine, theirs = socket.socketpair()
+        out_r, out_w = os.pipe()
         env = dict(os.environ)
         env[executor.CHANNEL_FD_ENV] = str(theirs.fileno())
         env[executor.BUDGET_ENV] = str(self.reuse)
@@ -177,19 +227,24 @@ class Children:
             [sys.executable, "-m", "flask_bgjobs.executor"],
             env=env,
             stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=out_w,
             pass_fds=(theirs.fileno(),),
             start_new_session=True,  # its own process group, as a forked one gets
         )
         theirs.close()
-        proc = self._adopt(popen.pid, mine, budget=self.reuse - 1)
+        os.close(out_w)
+        proc = self._adopt(popen.pid, mine, out_r, budget=self.reuse - 1)
         proc.popen = popen
         return proc
 
-    def _adopt(self, pid: int, sock: socket.socket, *, budget: int) -> JobProcess:
+    def _adopt(self, pid: int, sock: socket.socket, out: int, *, budget: int) -> JobProcess:
         sock.setblocking(False)
-        proc = JobProcess(pid, sock, budget)
+        os.set_blocking(out, False)
+        proc = JobProcess(pid, sock, budget, out=out)
         self.processes[pid] = proc
         self.selector.register(sock, selectors.EVENT_READ, lambda mask: self._on_ready(proc, mask))
+        self.selector.register(out, selectors.EVENT_READ, lambda mask: self._read_output(proc))
         return proc
 
     def _close_inherited(self) -> None:
@@ -263,12 +318,43 @@ class Children:
                 continue  # a job may scribble on the channel; it cannot confuse us
             if message["t"] == MSG_PROGRESS:
                 self.on_progress(att, message["pct"], message["msg"])
+            elif message["t"] == MSG_USAGE:
+                att.cpu_base = message["cpu"]
             elif message["t"] in FINAL_MESSAGES and att.final is None:
                 att.final = message
                 if self.reuse > 1 and att.killed is None:
+                    # Sent after the job flushed its streams: what it wrote is in the pipe.
+                    self._read_output(proc, drain=True)
                     self._end(att, status=None)
-                    if proc.budget > 0:
+                    proc.retiring = proc.retiring or bool(message.get("retire"))
+                    if proc.budget > 0 and not proc.retiring:
                         self.idle.append(proc)
+
+    def _read_output(self, proc: JobProcess, *, drain: bool = False) -> None:
+        """Read what the job process wrote into its attempt's output (all of it, to `drain`)."""
+        reads, most = 0, DRAIN_READS if drain else OUTPUT_READS
+        while proc.out is not None and reads < most:
+            try:
+                chunk = os.read(proc.out, _CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:  # every writer is gone
+                self._close_output(proc)
+                return
+            reads += 1
+            if proc.attempt is not None:
+                proc.attempt.output.write(chunk)
+            # Between attempts of a reused process nothing of ours runs: what arrives then
+            # (a subprocess an attempt left behind) belongs to no attempt, and is dropped.
+
+    def _close_output(self, proc: JobProcess) -> None:
+        if proc.out is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(proc.out)
+            os.close(proc.out)
+            proc.out = None
 
     def _close_channel(self, proc: JobProcess) -> None:
         if proc.channel_open:
@@ -291,7 +377,8 @@ class Children:
     def _reap(self) -> None:
         while self.processes:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                # wait4, not waitpid: the process's peak RSS and CPU come with its status.
+                pid, status, rusage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -304,9 +391,16 @@ class Children:
             if proc.channel_open:
                 self._read(proc)  # what it said last
                 self._close_channel(proc)
+            # What it wrote before it exited is in the pipe; a subprocess it left behind
+            # writes to no one from here on.
+            self._read_output(proc, drain=True)
+            self._close_output(proc)
             if proc in self.idle:
                 self.idle.remove(proc)
             if proc.attempt is not None:
+                proc.attempt.rusage = Usage(
+                    int(rusage.ru_maxrss), rusage.ru_utime + rusage.ru_stime
+                )
                 self._end(proc.attempt, status=status)
 
     def _end(self, att: Attempt, *, status: int | None) -> None:
@@ -339,6 +433,7 @@ class Children:
         """Let idle reused processes go: closing the channel makes them exit."""
         for proc in self.idle:
             self._close_channel(proc)
+            self._close_output(proc)
         self.idle.clear()
 
 

@@ -173,6 +173,8 @@ class Runner:
             start_method=s.start_method,
             max_params_bytes=s.max_params_bytes,
             on_progress=lambda att, pct, msg: None,
+            memory_limit=s.memory_limit,
+            cpu_limit=s.cpu_limit,
         )
         return cls(
             settings=s,
@@ -301,6 +303,10 @@ class Runner:
                 killed=att.killed,
                 retry_in=self.retry_in,
                 pid=att.pid,
+                rusage=att.rusage,
+                cpu_base=att.cpu_base,
+                output=att.output.text(),
+                limits=att.limits,
             )
             if outcome is None:  # cancelled or taken back: the row is not ours any more
                 self.log.warning(

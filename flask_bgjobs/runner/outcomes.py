@@ -8,7 +8,9 @@ then appends their log lines, and holds them while the database is away.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import signal
 from collections.abc import Callable
@@ -17,7 +19,8 @@ from typing import Any
 
 from flask_bgjobs import joblog, models, security
 from flask_bgjobs.errors import DatabaseBusy, InvalidJob
-from flask_bgjobs.executor import MSG_ERROR, MSG_OK, MSG_PROGRESS, MSG_REJECTED
+from flask_bgjobs.executor import MSG_ERROR, MSG_OK, MSG_PROGRESS, MSG_REJECTED, MSG_USAGE
+from flask_bgjobs.limits import NO_LIMITS, Limits, size_text
 from flask_bgjobs.models import Job
 from flask_bgjobs.runner.health import Health
 from flask_bgjobs.store import (
@@ -41,6 +44,20 @@ PID_DELAY = 0.1
 #: After this many failed writes of one outcome, it is written without the job's texts.
 MAX_OUTCOME_TRIES = 3
 
+_SIGXCPU = getattr(signal, "SIGXCPU", 24)
+#: What C libraries and the interpreter print when an allocation fails and they give up
+#: (abort, exit), rather than raise MemoryError. Looked for in the end of the output only.
+MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
+_MARKER_WINDOW = 4096
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What an attempt's process used: peak RSS (KiB) and user + system CPU (seconds)."""
+
+    max_rss_kb: int | None = None
+    cpu_s: float | None = None
+
 
 # -- what a job process may say -------------------------------------------------------------
 
@@ -59,6 +76,34 @@ def parse_message(line: bytes, max_result_bytes: int) -> dict[str, Any] | None:
     if not isinstance(message, dict):
         return None
     kind = message.get("t")
+    if kind == MSG_USAGE:
+        cpu = _seconds(message.get("cpu"))
+        return None if cpu is None else {"t": kind, "cpu": cpu}
+    checked = _parse_report(kind, message, max_result_bytes)
+    if checked is not None and kind != MSG_PROGRESS:
+        usage = message.get("usage")
+        if isinstance(usage, dict):
+            rss, cpu = usage.get("rss"), _seconds(usage.get("cpu"))
+            if _count(rss) and cpu is not None:
+                checked["usage"] = {"rss": rss, "cpu": cpu}
+        if message.get("retire") is True:
+            checked["retire"] = True
+    return checked
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62
+
+
+def _parse_report(
+    kind: object, message: dict[str, Any], max_result_bytes: int
+) -> dict[str, Any] | None:
     if kind == MSG_PROGRESS:
         pct, msg = message.get("pct"), message.get("msg", "")
         if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 <= pct <= 100:
@@ -78,11 +123,14 @@ def parse_message(line: bytes, max_result_bytes: int) -> dict[str, Any] | None:
         return checked
     if kind == MSG_ERROR:
         tb = message.get("tb")
-        return {
+        error: dict[str, Any] = {
             "t": kind,
             "error": _text(message.get("error"), MAX_ERROR),
             "tb": _text(tb, MAX_TRACEBACK, tail=True) if tb is not None else None,
         }
+        if message.get("mem") is True:
+            error["mem"] = True
+        return error
     if kind == MSG_REJECTED:
         return {"t": kind, "error": _text(message.get("error"), MAX_ERROR)}
     return None
@@ -117,18 +165,38 @@ def classify(
     killed: str | None,
     retry_in: Callable[[Job], float | None],
     pid: int | None = None,
+    rusage: Usage | None = None,
+    cpu_base: float = 0.0,
+    output: str | None = None,
+    limits: Limits = NO_LIMITS,
 ) -> Outcome | None:
     """The one end reason of an attempt; ``None`` when it is not this runner's to record.
 
     `final` is the job process's last checked message, `status` its wait status (``None``
     while a reused process is still alive after its final message), `killed` why the runner
-    killed it, if it did.
+    killed it, if it did. `rusage` is ``wait4``'s figures for a process that exited during the
+    attempt, `cpu_base` the CPU it had used before, `output` what the attempt wrote, and
+    `limits` the limits it ran under. The outcome carries the attempt's usage and output.
     """
     ids = (job.id, job.attempts)
     if killed == KILLED_LOST:
         return None
+    usage = attempt_usage(final, status, rusage, cpu_base)
+
+    def outcome(reason: str, message: str, **fields: Any) -> Outcome:
+        return Outcome(
+            *ids,
+            reason,
+            message,
+            pid=pid,
+            max_rss_kb=usage.max_rss_kb,
+            cpu_s=usage.cpu_s,
+            output=output,
+            **fields,
+        )
+
     if killed == KILLED_SHUTDOWN:
-        return Outcome(*ids, models.END_SHUTDOWN, "interrupted by shutdown", pid=pid)
+        return outcome(models.END_SHUTDOWN, "interrupted by shutdown")
     kind = final.get("t") if final else None
     exited_cleanly = status is None or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
     tb: str | None = None
@@ -136,29 +204,61 @@ def classify(
         reason, error = models.END_TIMEOUT, f"timeout after {job.timeout:g} s"
     elif kind == MSG_OK and exited_cleanly:
         assert final is not None
-        return Outcome(
-            *ids,
+        return outcome(
             models.END_SUCCEEDED,
             str(final.get("note") or "succeeded"),
             result_json=final.get("result"),
-            pid=pid,
         )
     elif kind == MSG_REJECTED:
         assert final is not None
         error = str(final["error"])
-        return Outcome(*ids, models.END_REJECTED, error, error=error, pid=pid)
+        return outcome(models.END_REJECTED, error, error=error)
     elif kind == MSG_ERROR:
         assert final is not None
         reason, error, tb = models.END_EXCEPTION, str(final["error"]), final.get("tb")
-    elif status is not None and os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        reason, error = models.END_SIGNAL, f"killed by signal {sig} ({signame(sig)})"
+        if final.get("mem") or error.startswith("MemoryError"):
+            reason = models.END_MEMORY
+            if limits.memory:
+                error += f" (memory limit {size_text(limits.memory)})"
     else:
-        code = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else status
-        reason, error = models.END_EXIT, f"exit code {code} without a result"
+        reason, error = _death(status, limits, usage, output)
     wait = retry_in(job)
     message = error if wait is None else f"{error}; retrying in {wait:.1f} s"
-    return Outcome(*ids, reason, message, error=error, traceback=tb, retry_in=wait, pid=pid)
+    return outcome(reason, message, error=error, traceback=tb, retry_in=wait)
+
+
+def _death(status: int | None, limits: Limits, usage: Usage, output: str | None) -> tuple[str, str]:
+    """Why a process ended without a final message: a signal, an exit code, or a limit."""
+    if status is not None and os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        how = f"killed by signal {sig} ({signame(sig)})"
+        cpu_spent = limits.cpu > 0 and usage.cpu_s is not None and usage.cpu_s >= limits.cpu
+        if sig == _SIGXCPU or (sig == signal.SIGKILL and cpu_spent):
+            limit = f" of {limits.cpu:g} s" if limits.cpu else ""
+            return models.END_CPU, f"CPU limit{limit} exceeded: {how}"
+    else:
+        code = os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else status
+        how = f"exit code {code} without a result"
+    if limits.memory and output and any(m in output[-_MARKER_WINDOW:] for m in MEMORY_MARKERS):
+        # A C library that could not allocate and gave up (abort, exit) rather than fail
+        # the call: its last words say so.
+        return models.END_MEMORY, f"out of memory (memory limit {size_text(limits.memory)}): {how}"
+    reason = models.END_SIGNAL if status is not None and os.WIFSIGNALED(status) else models.END_EXIT
+    return reason, how
+
+
+def attempt_usage(
+    final: dict[str, Any] | None, status: int | None, rusage: Usage | None, cpu_base: float
+) -> Usage:
+    """An attempt's usage: ``wait4``'s when its process exited during it, less the CPU used
+    before it; else what a reused process measured and reported in its final message."""
+    if status is not None and rusage is not None:
+        cpu = None if rusage.cpu_s is None else round(max(0.0, rusage.cpu_s - cpu_base), 6)
+        return Usage(rusage.max_rss_kb, cpu)
+    reported = final.get("usage") if final else None
+    if isinstance(reported, dict):
+        return Usage(reported["rss"], reported["cpu"])
+    return Usage()
 
 
 def rejected(job: Job, error: str) -> Outcome:
@@ -328,16 +428,13 @@ class Recorder:
                 # outcome, drop the text.
                 o = pending.outcome
                 note = f"[not stored: the database refused it ({type(exc).__name__})]"
-                pending.outcome = Outcome(
-                    o.job_id,
-                    o.attempt,
-                    o.reason,
-                    note,
+                pending.outcome = dataclasses.replace(
+                    o,
+                    message=note,
                     result_json=None,
                     error=note if o.error is not None else None,
                     traceback=None,
-                    retry_in=o.retry_in,
-                    pid=o.pid,
+                    output=None if o.output is None else note,
                 )
         self._unsaved = batch + self._unsaved
         self.retry_at = self.health.failed("finish", exc, now)

@@ -298,7 +298,7 @@ def test_api_jobs_job_and_stats_have_exactly_the_spec_shapes(
         assert set(job) == JOB_KEYS  # no events in lists
 
     one = client.get(PREFIX + f"/api/jobs/{seeded.failed.id}").get_json()
-    assert set(one) == JOB_KEYS | {"events"}
+    assert set(one) == JOB_KEYS | {"events", "output"}
     assert (one["status"], one["params"], one["error"]) == (
         "failed",
         ["bad row"],

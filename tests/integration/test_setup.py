@@ -605,7 +605,7 @@ def test_job_to_dict_has_exactly_the_spec_keys(
 ) -> None:
     job = run_background_job(J, "add", [1, 2])
     assert set(job.to_dict()) == set(SPEC_KEYS)
-    assert set(bgjobs.get_job(job.id).to_dict()) == {*SPEC_KEYS, "events"}
+    assert set(bgjobs.get_job(job.id).to_dict()) == {*SPEC_KEYS, "events", "output"}
 
 
 def test_tables_are_created_on_first_use(env: Env, jobapp_factory: Callable[[], Flask]) -> None:

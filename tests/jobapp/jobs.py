@@ -150,6 +150,71 @@ class Jobs:
         print("hello from a job")
         return "printed"
 
+    def allocate(self, mib: int) -> int:
+        """Hold `mib` MiB at once (past a memory limit: MemoryError)."""
+        chunks = [bytearray(1024 * 1024) for _ in range(mib)]
+        return len(chunks)
+
+    def burn_cpu(self, seconds: float) -> float:
+        """Spin on the CPU for `seconds` of this process's CPU time."""
+        start = time.process_time()
+        while time.process_time() - start < seconds:
+            pass
+        return time.process_time() - start
+
+    def speak(self, tag: str) -> str:
+        """Write to stdout and stderr three ways: print, a raw fd write, and a subprocess."""
+        print(f"print {tag}")
+        print(f"stderr {tag}", file=sys.stderr)
+        os.write(1, f"fd1 {tag}\n".encode())
+        code = f"import os; os.write(1, b'child {tag}\\n'); os.write(2, b'child err {tag}\\n')"
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return tag
+
+    def flood(self, megabytes: int, tag: str = "") -> int:
+        """Write `megabytes` MB of numbered lines to stdout, then a last line."""
+        line = b"x" * 95
+        written = 0
+        n = 0
+        while written < megabytes * 1_000_000:
+            chunk = b"".join(b"%08d %s\n" % (n + i, line) for i in range(1000))
+            os.write(1, chunk)
+            written += len(chunk)
+            n += 1000
+        os.write(1, f"the end {tag}\n".encode())
+        return written
+
+    def segfault(self) -> None:
+        """Crash in C: faulthandler's traceback should name this method."""
+        import ctypes
+
+        print("about to crash")
+        ctypes.string_at(0)
+
+    def allocate_after(self, path: str, mib: int, tag: str = "") -> int:
+        """Wait for `path` (a test's go-ahead), then hold `mib` MiB at once."""
+        self.wait_for_file(path, tag)
+        return self.allocate(mib)
+
+    def say(self, text: str) -> str:
+        """Write `text` to stdout as it is."""
+        sys.stdout.write(text)
+        return "said"
+
+    def usage_here(self) -> dict[str, object]:
+        """This process's limits, as the job sees them."""
+        import resource
+
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {
+            "data": resource.getrlimit(resource.RLIMIT_DATA)[0],
+            "cpu": resource.getrlimit(resource.RLIMIT_CPU)[0],
+            "pid": os.getpid(),
+            "self_cpu": me.ru_utime + me.ru_stime,
+            "children_cpu": kids.ru_utime + kids.ru_stime,
+        }
+
 
 def module_function(x: int) -> int:
     """A module-level function job: ``jobapp.jobs::module_function``."""

@@ -8,9 +8,10 @@ import signal
 import pytest
 
 from flask_bgjobs import models
+from flask_bgjobs.limits import NO_LIMITS, Limits
 from flask_bgjobs.models import Job
-from flask_bgjobs.runner.outcomes import classify, parse_message
-from flask_bgjobs.store import storable
+from flask_bgjobs.runner.outcomes import Usage, classify, parse_message
+from flask_bgjobs.store import Outcome, storable
 
 OK = {"t": "ok", "result": "42"}
 ERR = {"t": "err", "error": "ValueError: bad row", "tb": "Traceback …\nValueError: bad row\n"}
@@ -94,6 +95,90 @@ def test_a_note_replaces_the_success_message() -> None:
     assert outcome is not None and outcome.message == "return value not stored"
 
 
+# -- limits, usage and output ------------------------------------------------------------------
+
+MiB = 1024 * 1024
+MEM_ERR = {"t": "err", "error": "MemoryError", "tb": "Traceback …\nMemoryError\n", "mem": True}
+SIGXCPU = getattr(signal, "SIGXCPU", 24)
+
+
+def ended(
+    final: dict[str, object] | None, status: int | None, limits: Limits = NO_LIMITS, **kw: object
+) -> Outcome:
+    outcome = classify(
+        job(), final=final, status=status, killed=None, retry_in=retry_policy, limits=limits,
+        **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert outcome is not None
+    return outcome
+
+
+def test_a_memory_error_ends_the_attempt_for_memory_naming_the_limit() -> None:
+    outcome = ended(MEM_ERR, exited(70), Limits(memory=256 * MiB))
+    assert outcome.reason == models.END_MEMORY
+    assert outcome.error == "MemoryError (memory limit 256 MiB)"
+    assert outcome.traceback == MEM_ERR["tb"] and outcome.retry_in == 2.0  # retried as usual
+    assert models.END_MEMORY in models.ATTEMPT_FAILURES
+
+
+def test_a_memory_error_subclass_counts_by_its_flag_and_one_that_escaped_by_its_name() -> None:
+    numpy_like = {**MEM_ERR, "error": "_ArrayMemoryError: Unable to allocate 8.00 GiB"}
+    assert ended(numpy_like, exited(70)).reason == models.END_MEMORY
+    escaped = {"t": "err", "error": "MemoryError", "tb": None}  # no flag: caught by serve()
+    assert ended(escaped, exited(70)).reason == models.END_MEMORY
+    assert ended(escaped, exited(70)).error == "MemoryError"  # no limit to name
+
+
+def test_a_process_that_gave_up_for_memory_under_a_limit_ends_for_memory() -> None:
+    said = "terminate called after throwing an instance of 'std::bad_alloc'\n"
+    outcome = ended(None, signal.SIGABRT, Limits(memory=MiB), output=said)
+    assert outcome.reason == models.END_MEMORY
+    assert outcome.error == "out of memory (memory limit 1 MiB): killed by signal 6 (SIGABRT)"
+    # Without a memory limit, or without those last words, a signal is just a signal.
+    assert ended(None, signal.SIGABRT, output=said).reason == models.END_SIGNAL
+    assert ended(None, signal.SIGABRT, Limits(memory=MiB), output="boom").reason == "signal"
+
+
+def test_sigxcpu_ends_the_attempt_for_cpu() -> None:
+    outcome = ended(None, SIGXCPU, Limits(cpu=5.0))
+    assert outcome.reason == models.END_CPU
+    assert outcome.error == f"CPU limit of 5 s exceeded: killed by signal {SIGXCPU} (SIGXCPU)"
+    assert models.END_CPU in models.ATTEMPT_FAILURES and outcome.retry_in == 2.0
+
+
+def test_sigkill_past_the_cpu_limit_is_cpu_but_below_it_a_signal() -> None:
+    spent = Usage(1000, 5.2)
+    assert ended(None, signal.SIGKILL, Limits(cpu=5.0), rusage=spent).reason == models.END_CPU
+    light = Usage(1000, 0.3)
+    assert ended(None, signal.SIGKILL, Limits(cpu=5.0), rusage=light).reason == "signal"
+
+
+def test_usage_comes_from_wait4_less_the_cpu_used_before_the_attempt() -> None:
+    outcome = ended(OK, exited(0), rusage=Usage(51200, 3.75), cpu_base=1.25)
+    assert (outcome.max_rss_kb, outcome.cpu_s) == (51200, 2.5)
+
+
+def test_a_reused_process_reports_its_own_usage_when_it_lives_on() -> None:
+    final = {**OK, "usage": {"rss": 40000, "cpu": 0.125}}
+    outcome = ended(final, None)
+    assert (outcome.max_rss_kb, outcome.cpu_s) == (40000, 0.125)
+    # A reused process killed mid-attempt: wait4's figures win over anything it said before.
+    killed = ended(final, signal.SIGKILL, rusage=Usage(90000, 9.0), cpu_base=8.0)
+    assert (killed.max_rss_kb, killed.cpu_s) == (90000, 1.0)
+
+
+def test_usage_and_output_ride_on_every_recorded_outcome_and_unknown_usage_is_none() -> None:
+    for final, status in ((OK, exited(0)), (ERR, exited(70)), (REJ, exited(0)), (None, 9)):
+        outcome = ended(final, status, output="hello\n")
+        assert outcome.output == "hello\n"
+        assert (outcome.max_rss_kb, outcome.cpu_s) == (None, None)
+    shutdown = classify(
+        job(), final=None, status=9, killed="shutdown", retry_in=retry_policy,
+        rusage=Usage(7, 0.5), output="bye",
+    )  # fmt: skip
+    assert shutdown is not None and (shutdown.max_rss_kb, shutdown.output) == (7, "bye")
+
+
 # -- what a job process may say --------------------------------------------------------------
 
 
@@ -147,6 +232,18 @@ def test_texts_a_job_process_sends_are_bounded() -> None:
     assert len(checked["error"]) <= 4100 and len(checked["tb"]) <= 64 * 1024 + 100
     progress = parse_message(msg({"t": "p", "pct": 5, "msg": "m" * 5000}), 1024)
     assert progress is not None and len(progress["msg"]) <= 1100
+
+
+def test_usage_retire_and_memory_flags_are_checked_before_they_are_believed() -> None:
+    assert parse_message(msg({"t": "u", "cpu": 1.5}), 1024) == {"t": "u", "cpu": 1.5}
+    for cpu in (-1, "1", None, True):
+        assert parse_message(msg({"t": "u", "cpu": cpu}), 1024) is None
+    assert parse_message(b'{"t": "u", "cpu": Infinity}', 1024) is None
+    good = {"t": "err", "error": "MemoryError", "tb": None, "mem": True, "retire": True,
+            "usage": {"rss": 100, "cpu": 0.5}}  # fmt: skip
+    assert parse_message(msg(good), 1024) == good
+    lies = {"t": "ok", "result": None, "mem": 1, "retire": "yes", "usage": {"rss": -5, "cpu": 1}}
+    assert parse_message(msg(lies), 1024) == {"t": "ok", "result": None}
 
 
 def test_a_good_result_passes_unchanged() -> None:
