@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ END_REASON_TEXT: dict[str, str] = {
     models.END_SHUTDOWN: "runner shut down (given back)",
     models.END_CANCELLED: "cancelled",
     models.END_REJECTED: "refused at run time",
+    models.END_EXPIRED: "expired: not started within its expires_in, never run",
 }
 
 #: One-line meaning of each status, shown as a tooltip next to the label.
@@ -40,7 +42,7 @@ STATUS_TEXT: dict[str, str] = {
     models.RETRYING: "an attempt failed; waiting to run again",
     models.SUCCEEDED: "an attempt returned normally",
     models.FAILED: "every attempt failed",
-    models.CANCELLED: "cancelled by an operator",
+    models.CANCELLED: "cancelled by an operator, or expired before it started",
 }
 
 
@@ -89,6 +91,19 @@ def duration(seconds: float | None) -> str:
         return f"{hours} h {minutes:02d} min"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h"
+
+
+def size(n: int | None) -> str:
+    """Bytes in binary units, as memory limits are usually given: ``512 MiB``, ``1.5 GiB``."""
+    if n is None:
+        return "—"
+    value, units = float(n), ["bytes", "KiB", "MiB", "GiB", "TiB"]
+    while abs(value) >= 1024 and len(units) > 1:
+        value /= 1024
+        units.pop(0)
+    if units[0] == "bytes":
+        return f"{n} bytes"
+    return f"{value:.1f}".removesuffix(".0") + f" {units[0]}"
 
 
 def ago(ts: float | None, now: float | None = None) -> str:
@@ -164,6 +179,11 @@ def job_view(job: Job) -> dict[str, Any]:
         end_reason_text=END_REASON_TEXT.get(job.end_reason or "", end_reason),
         timeout=job.timeout,
         delay=job.delay,
+        # A queue name an edited row made invalid gets no link (its filter would be a 400).
+        queue_key=job.queue if addressable(job.queue, models.QUEUE_RE) else None,
+        concurrency_limit=job.concurrency_limit,
+        memory_limit=job.memory_limit,
+        cpu_limit=job.cpu_limit,
         log_incomplete=job.log_incomplete,
         lease_expires_at=job.lease_expires_at,
         can_retry=job.status in (models.FAILED, models.CANCELLED),
@@ -173,6 +193,8 @@ def job_view(job: Job) -> dict[str, Any]:
             "created_at": job.created_at,
             "started_at": job.started_at,
             "finished_at": job.finished_at,
+            "expires_at": job.expires_at,
+            "scheduled_for": job.scheduled_for,
         },
         took=(
             job.finished_at - job.started_at
@@ -187,6 +209,16 @@ def job_view(job: Job) -> dict[str, Any]:
         result_short=short_json(job.shown_result.value, 60),
     )
     return data
+
+
+def addressable(name: object, rule: re.Pattern[str]) -> bool:
+    """True when `name` follows `rule` and can stand as one segment of a URL path.
+
+    ``.`` and ``..`` follow the queue and schedule rules, but a browser resolves them as path
+    steps (``%2e`` too), so no page can post to ``/queues/../pause``: such a queue or schedule
+    gets no link or button.
+    """
+    return isinstance(name, str) and rule.fullmatch(name) is not None and name not in (".", "..")
 
 
 # -- the attempts table and the timeline ------------------------------------------------------
@@ -346,6 +378,7 @@ def template_helpers() -> dict[str, Any]:
         "clock": clock,
         "ago": ago,
         "duration": duration,
+        "size": size,
         "iso": iso,
         "pretty_json": pretty_json,
         "short_json": short_json,

@@ -64,30 +64,36 @@ def overview() -> str:
 
 
 def job_list() -> str:
-    """Jobs newest first, filtered by status and a search text, one page at a time."""
+    """Jobs newest first, filtered by status, queue and a search text, one page at a time."""
     st = state()
-    jobs, total, status, q, page, last, size = inputs.job_page(st, request.args)
+    p = inputs.job_page(st, request.args)
     counts = st.store.counts()
+    tab_counts = counts if p.queue is None else _counts_in(st, p.queue)
     return render_template(
         "bgjobs/jobs.html",
-        jobs=[present.job_view(j) for j in jobs],
-        total=total,
-        status=status,
-        q=q,
-        page=page,
-        last=last,
-        per_page=size,
-        first_row=(page - 1) * size + 1 if total else 0,
-        last_row=min(total, page * size),
+        jobs=[present.job_view(j) for j in p.jobs],
+        total=p.total,
+        status=p.status,
+        q=p.q,
+        queue=p.queue,
+        queues=_known_queues(st, p.queue),
+        page=p.page,
+        last=p.last,
+        per_page=p.per_page,
+        first_row=(p.page - 1) * p.per_page + 1 if p.total else 0,
+        last_row=min(p.total, p.page * p.per_page),
+        # "Retry all failed" acts on every queue, so its count stays the global one.
         counts=counts,
-        all_count=sum(counts.values()),
-        page_args=_page_args(status, q, size),
+        tab_counts=tab_counts,
+        all_count=sum(tab_counts.values()),
+        page_args=_page_args(p.status, p.q, p.per_page, p.queue),
     )
 
 
 def job_detail(job_id: int) -> str:
     """One job: details, params, result, error and traceback, attempts and timeline."""
-    job = state().store.get(job_id, with_events=True)
+    st = state()
+    job = st.store.get(job_id, with_events=True)
     events = job.events or ()
     created = present.TimelineRow(
         job.created_at,
@@ -104,6 +110,8 @@ def job_detail(job_id: int) -> str:
         timeline=[created, *present.timeline(events)],
         end_reasons=present.END_REASON_TEXT,
         finished=job.is_finished,
+        # Why a waiting job does not start: its queue may be paused (on every host).
+        queue_paused=not job.is_finished and job.queue in _paused_queues(st),
     )
 
 
@@ -172,10 +180,32 @@ def retry_failed() -> Response:
     return redirect(url_for("bgjobs.jobs"), code=303)
 
 
-def _page_args(status: str | None, q: str | None, size: int) -> dict[str, Any]:
+def _known_queues(st: AppState, selected: str | None) -> list[str]:
+    """The queues the list's filter offers: every queue the Queues page shows, and the one
+    selected (a queue whose jobs have all finished is not among those)."""
+    names = {q.name for q in service.queues(st) if models.QUEUE_RE.fullmatch(q.name)}
+    if selected is not None:
+        names.add(selected)
+    return sorted(names)
+
+
+def _counts_in(st: AppState, queue: str) -> dict[str, int]:
+    """Jobs per status in one queue (the status tabs while the list is filtered by queue)."""
+    return {s: service.list_jobs(st, status=s, queue=queue, per_page=1)[1] for s in models.STATUSES}
+
+
+def _paused_queues(st: AppState) -> set[str]:
+    return {q.name for q in service.queues(st) if q.paused}
+
+
+def _page_args(
+    status: str | None, q: str | None, size: int, queue: str | None = None
+) -> dict[str, Any]:
     args: dict[str, Any] = {}
     if status:
         args["status"] = status
+    if queue:
+        args["queue"] = queue
     if q:
         args["q"] = q
     if size != inputs.PER_PAGE:

@@ -461,6 +461,26 @@
     if (toggle.checked) setFollow(true);
   }
 
+  // -- filters: a select applies at once (its form's button stays for pages without script) -
+
+  $all("select[data-autosubmit]").forEach(function (select) {
+    var form = select.form;
+    if (!form) return;
+    function apply() {
+      // "all" is an empty value: leave it out of the URL (a disabled field is not sent).
+      select.disabled = select.value === "";
+    }
+    form.addEventListener("submit", apply);
+    select.addEventListener("change", function () {
+      apply();
+      form.submit(); // submit() fires no submit event
+    });
+    // Back to this page from the history: the field must work again.
+    window.addEventListener("pageshow", function () {
+      select.disabled = false;
+    });
+  });
+
   // -- confirmations: Escape closes an open one ---------------------------------------------
 
   document.addEventListener("keydown", function (event) {
