@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from werkzeug.exceptions import BadRequest, NotFound
 
-from flask_bgjobs import models, security, service
+from flask_bgjobs import models, recurring, security, service
 
 if TYPE_CHECKING:
     from flask_bgjobs.models import Job
@@ -55,6 +55,24 @@ def queue(args: Mapping[str, str]) -> str | None:
             "A-Z a-z 0-9 _ . - (or leave it empty for all)."
         )
     return value
+
+
+def queue_name(name: str) -> str:
+    """A queue named in a URL path; 404 unless it follows the rule of SPEC §10.
+
+    Any name that follows the rule is accepted, known or not: as with ``flask bgjobs pause``,
+    a queue may be paused before its first job arrives.
+    """
+    if not models.QUEUE_RE.fullmatch(name):
+        raise NotFound("No such queue: queue names are 1 to 64 of A-Z a-z 0-9 _ . -")
+    return name
+
+
+def schedule_name(state: AppState, name: str) -> str:
+    """A recurring job named in a URL path; 404 unless it follows the name rule and exists."""
+    if not recurring.NAME_RE.fullmatch(name) or name not in state.schedules():
+        raise NotFound(f"No recurring job named {security.printable(name[:80])!r}.")
+    return name
 
 
 def query(args: Mapping[str, str]) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 from flask import jsonify, render_template, request
 from werkzeug.wrappers import Response
 
-from flask_bgjobs import models, security
+from flask_bgjobs import models, recurring, security
 from flask_bgjobs.models import Event, Job, Shown
 
 #: Why an attempt ended (`models.END_REASONS`), as the attempts table says it.
@@ -86,6 +86,27 @@ def duration(seconds: float | None) -> str:
     minutes, secs = divmod(whole, 60)
     if minutes < 60:
         return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def waited(seconds: float | None) -> str:
+    """How long a queue's oldest job has waited, coarsely: ``3 s``, ``2 min``, ``1 h 05 min``.
+
+    Coarser than `duration`: on the Queues page the order of magnitude is what matters, and a
+    number that ticks every second would only distract.
+    """
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    whole = int(max(0.0, seconds))
+    if whole < 60:
+        return f"{whole} s"
+    minutes = whole // 60
+    if minutes < 60:
+        return f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
     if hours < 24:
         return f"{hours} h {minutes:02d} min"
@@ -216,9 +237,49 @@ def addressable(name: object, rule: re.Pattern[str]) -> bool:
 
     ``.`` and ``..`` follow the queue and schedule rules, but a browser resolves them as path
     steps (``%2e`` too), so no page can post to ``/queues/../pause``: such a queue or schedule
-    gets no link or button.
+    gets no button (the CLI and the JSON API through a client that keeps paths as they are
+    still reach it).
     """
     return isinstance(name, str) and rule.fullmatch(name) is not None and name not in (".", "..")
+
+
+def queue_view(info: models.QueueInfo) -> dict[str, Any]:
+    """One row of the Queues page: the name shown, the one URLs use, counts, wait, limit."""
+    return {
+        "name": shown(info.name),
+        "key": info.name if addressable(info.name, models.QUEUE_RE) else None,
+        "pending": info.pending,
+        "running": info.running,
+        "paused": info.paused,
+        "limit": info.limit,
+        "oldest_waiting": info.oldest_waiting,
+        "waited": waited(info.oldest_waiting),
+    }
+
+
+def schedule_view(info: models.ScheduleInfo) -> dict[str, Any]:
+    """One row of the Schedules page; every text passed through `shown`."""
+    # The spec as configured. A time zone only applies to cron: the ticks of ``every`` fall on
+    # multiples of it since the Unix epoch, the same instant everywhere.
+    if info.cron is not None:
+        spec = f"cron: {info.cron} · timezone: {info.timezone}"
+    else:
+        spec = f"every: {info.every}"
+    return {
+        "name": shown(info.name),
+        "key": info.name if addressable(info.name, recurring.NAME_RE) else None,
+        "job": shown(info.job),
+        "words": shown(info.words),
+        "spec": shown(spec),
+        "timezone": shown(info.timezone),
+        "queue": shown(info.queue),
+        "queue_key": info.queue if addressable(info.queue, models.QUEUE_RE) else None,
+        "overlap": shown(info.overlap),
+        "next_run": info.next_run,
+        "last_job_id": info.last_job_id,
+        "last_status": None if info.last_status is None else shown(info.last_status),
+        "paused": info.paused,
+    }
 
 
 # -- the attempts table and the timeline ------------------------------------------------------
@@ -378,6 +439,7 @@ def template_helpers() -> dict[str, Any]:
         "clock": clock,
         "ago": ago,
         "duration": duration,
+        "waited": waited,
         "size": size,
         "iso": iso,
         "pretty_json": pretty_json,

@@ -30,6 +30,16 @@ def add_routes(bp: Blueprint) -> None:
     bp.add_url_rule(f"/jobs/<{JOB_ID}:job_id>/cancel", "cancel", cancel, methods=["POST"])
     bp.add_url_rule("/jobs/retry-failed", "retry_failed", retry_failed, methods=["POST"])
     bp.add_url_rule("/logs", "logs", log_viewer)
+    bp.add_url_rule("/queues", "queues", queue_list)
+    # Names are plain strings here and checked by the views (404 unless they follow the rule):
+    # a custom converter would have to be added to the host app's url_map.
+    bp.add_url_rule("/queues/<queue>/pause", "queue_pause", pause_queue, methods=["POST"])
+    bp.add_url_rule("/queues/<queue>/resume", "queue_resume", resume_queue, methods=["POST"])
+    bp.add_url_rule("/schedules", "schedules", schedule_list)
+    bp.add_url_rule("/schedules/<name>/pause", "schedule_pause", pause_schedule, methods=["POST"])
+    bp.add_url_rule(
+        "/schedules/<name>/resume", "schedule_resume", resume_schedule, methods=["POST"]
+    )
 
 
 def state() -> AppState:
@@ -136,6 +146,26 @@ def log_viewer() -> str:
     )
 
 
+def queue_list() -> str:
+    """Every queue: jobs waiting and running, the oldest wait, the limit, pause and resume."""
+    found = service.queues(state())
+    return render_template(
+        "bgjobs/queues.html",
+        queues=[present.queue_view(q) for q in found],
+        n_paused=sum(q.paused for q in found),
+    )
+
+
+def schedule_list() -> str:
+    """Every recurring job: its spec in words, next run, last job and its status, paused."""
+    found = service.schedules(state())
+    return render_template(
+        "bgjobs/schedules.html",
+        schedules=[present.schedule_view(s) for s in found],
+        n_paused=sum(s.paused for s in found),
+    )
+
+
 # -- actions ----------------------------------------------------------------------------------
 
 
@@ -178,6 +208,46 @@ def retry_failed() -> Response:
         )
         flash(f"Retried {count} failed job(s).{note}", "ok" if count else "error")
     return redirect(url_for("bgjobs.jobs"), code=303)
+
+
+def pause_queue(queue: str) -> Response:
+    """Pause a queue for every runner on every host: its jobs are not claimed; running ones
+    finish."""
+    name = inputs.queue_name(queue)
+    service.pause(state(), name)
+    flash(
+        f"Queue {name} paused: no runner claims its jobs until it is resumed. Running jobs finish.",
+        "ok",
+    )
+    return redirect(url_for("bgjobs.queues"), code=303)
+
+
+def resume_queue(queue: str) -> Response:
+    """Resume a queue: runners claim its jobs again at once."""
+    name = inputs.queue_name(queue)
+    service.resume(state(), name)
+    flash(f"Queue {name} resumed.", "ok")
+    return redirect(url_for("bgjobs.queues"), code=303)
+
+
+def pause_schedule(name: str) -> Response:
+    """Pause a recurring job: no tick enqueues a job until it is resumed."""
+    st = state()
+    service.pause_schedule(st, inputs.schedule_name(st, name))
+    flash(f"Recurring job {name} paused: its ticks enqueue nothing until it is resumed.", "ok")
+    return redirect(url_for("bgjobs.schedules"), code=303)
+
+
+def resume_schedule(name: str) -> Response:
+    """Resume a recurring job from its next tick (ticks missed while paused never run)."""
+    st = state()
+    service.resume_schedule(st, inputs.schedule_name(st, name))
+    flash(
+        f"Recurring job {name} resumed: it runs from its next tick; "
+        "ticks missed while paused do not run.",
+        "ok",
+    )
+    return redirect(url_for("bgjobs.schedules"), code=303)
 
 
 def _known_queues(st: AppState, selected: str | None) -> list[str]:
