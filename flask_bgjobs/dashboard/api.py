@@ -2,10 +2,12 @@
 
 ``GET /api/jobs`` → ``{"jobs": [...], "total": N, "page": P, "per_page": K}``;
 ``GET /api/jobs/<id>`` → the job with its ``events``; ``GET /api/stats`` →
-``{"counts": {...}, "throughput": [...]}``; ``GET /api/logs`` → the log viewer's entries.
+``{"counts": {...}, "throughput": [...]}``; ``GET /api/logs`` → the log viewer's entries;
+``GET /api/queues`` → ``{"queues": [...]}``; ``GET /api/schedules`` → ``{"schedules": [...]}``.
 The actions answer like the pages' buttons do, but with status codes: 404 for an unknown
-job, 409 when the job's status forbids the action (or the allowlist refuses a retry). They
-need the CSRF token of a dashboard session in the ``X-BgJobs-CSRF`` header.
+job (or a queue name no queue can have, or an unknown recurring job), 409 when the job's
+status forbids the action (or the allowlist refuses a retry). They need the CSRF token of a
+dashboard session in the ``X-BgJobs-CSRF`` header.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from flask_bgjobs import service
 from flask_bgjobs.dashboard import inputs, logs, present
 from flask_bgjobs.dashboard.views import JOB_ID, state
 from flask_bgjobs.errors import InvalidJob, InvalidTransition, JobNotAllowed, JobNotFound
+from flask_bgjobs.state import AppState
 
 
 def add_routes(bp: Blueprint) -> None:
@@ -30,6 +33,18 @@ def add_routes(bp: Blueprint) -> None:
     bp.add_url_rule(f"/api/jobs/<{JOB_ID}:job_id>/retry", "api_retry", retry, methods=["POST"])
     bp.add_url_rule(f"/api/jobs/<{JOB_ID}:job_id>/cancel", "api_cancel", cancel, methods=["POST"])
     bp.add_url_rule("/api/jobs/retry-failed", "api_retry_failed", retry_failed, methods=["POST"])
+    bp.add_url_rule("/api/queues", "api_queues", queues)
+    bp.add_url_rule("/api/queues/<queue>/pause", "api_queue_pause", pause_queue, methods=["POST"])
+    bp.add_url_rule(
+        "/api/queues/<queue>/resume", "api_queue_resume", resume_queue, methods=["POST"]
+    )
+    bp.add_url_rule("/api/schedules", "api_schedules", schedules)
+    bp.add_url_rule(
+        "/api/schedules/<name>/pause", "api_schedule_pause", pause_schedule, methods=["POST"]
+    )
+    bp.add_url_rule(
+        "/api/schedules/<name>/resume", "api_schedule_resume", resume_schedule, methods=["POST"]
+    )
 
 
 def jobs() -> Response:
@@ -97,6 +112,55 @@ def cancel(job_id: int) -> Response:
 def retry_failed() -> Response:
     """Retry every failed job still allowed: ``{"retried": n}``."""
     return jsonify({"retried": service.retry_all_failed(state())})
+
+
+def queues() -> Response:
+    """Every queue as ``flask bgjobs queues --json`` gives it: ``{"queues": [...]}``."""
+    return jsonify({"queues": [q.to_dict() for q in service.queues(state())]})
+
+
+def pause_queue(queue: str) -> Response:
+    """Pause a queue (any name that follows the rule, known or not): the queue, paused."""
+    st = state()
+    service.pause(st, inputs.queue_name(queue))
+    return _queue(st, queue)
+
+
+def resume_queue(queue: str) -> Response:
+    """Resume a queue: the queue, active again."""
+    st = state()
+    service.resume(st, inputs.queue_name(queue))
+    return _queue(st, queue)
+
+
+def schedules() -> Response:
+    """Every recurring job as ``flask bgjobs schedules --json`` gives it."""
+    return jsonify({"schedules": [s.to_dict() for s in service.schedules(state())]})
+
+
+def pause_schedule(name: str) -> Response:
+    """Pause a recurring job: the recurring job, paused; 404 for an unknown name."""
+    st = state()
+    service.pause_schedule(st, inputs.schedule_name(st, name))
+    return _schedule(st, name)
+
+
+def resume_schedule(name: str) -> Response:
+    """Resume a recurring job from its next tick: the recurring job, active again."""
+    st = state()
+    service.resume_schedule(st, inputs.schedule_name(st, name))
+    return _schedule(st, name)
+
+
+def _queue(st: AppState, name: str) -> Response:
+    # A queue with a stored setting is always listed, and the action has just stored one.
+    [found] = [q for q in service.queues(st) if q.name == name]
+    return jsonify(found.to_dict())
+
+
+def _schedule(st: AppState, name: str) -> Response:
+    [found] = [s for s in service.schedules(st) if s.name == name]
+    return jsonify(found.to_dict())
 
 
 def _error(code: int, message: str, **extra: Any) -> Response:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from werkzeug.exceptions import BadRequest, NotFound
 
-from flask_bgjobs import models, service
+from flask_bgjobs import models, recurring, security, service
 
 if TYPE_CHECKING:
     from flask_bgjobs.models import Job
@@ -42,6 +42,37 @@ def status(args: Mapping[str, str]) -> str | None:
     if value not in models.STATUSES:
         raise InvalidStatus(value)
     return value
+
+
+def queue(args: Mapping[str, str]) -> str | None:
+    """The ``queue`` filter, ``None`` for all; 400 for a name no queue can have (SPEC §10)."""
+    value = args.get("queue", "").strip()
+    if not value:
+        return None
+    if not models.QUEUE_RE.fullmatch(value):
+        raise BadRequest(
+            f"Unknown queue {security.printable(value[:40])!r}: queue names are 1 to 64 of "
+            "A-Z a-z 0-9 _ . - (or leave it empty for all)."
+        )
+    return value
+
+
+def queue_name(name: str) -> str:
+    """A queue named in a URL path; 404 unless it follows the rule of SPEC §10.
+
+    Any name that follows the rule is accepted, known or not: as with ``flask bgjobs pause``,
+    a queue may be paused before its first job arrives.
+    """
+    if not models.QUEUE_RE.fullmatch(name):
+        raise NotFound("No such queue: queue names are 1 to 64 of A-Z a-z 0-9 _ . -")
+    return name
+
+
+def schedule_name(state: AppState, name: str) -> str:
+    """A recurring job named in a URL path; 404 unless it follows the name rule and exists."""
+    if not recurring.NAME_RE.fullmatch(name) or name not in state.schedules():
+        raise NotFound(f"No recurring job named {security.printable(name[:80])!r}.")
+    return name
 
 
 def query(args: Mapping[str, str]) -> str | None:
@@ -111,14 +142,22 @@ class JobPage(NamedTuple):
     page: int
     last: int
     per_page: int
+    queue: str | None
 
 
 def job_page(state: AppState, args: Mapping[str, str]) -> JobPage:
     """The page of jobs `args` asks for; a page past the end gives the last page."""
-    status_, q, size, number = status(args), query(args), per_page(args), page(args)
-    jobs, total = service.list_jobs(state, status=status_, q=q, page=number, per_page=size)
+    status_, q, queue_ = status(args), query(args), queue(args)
+    size, number = per_page(args), page(args)
+
+    def fetch(number: int) -> tuple[list[Job], int]:
+        return service.list_jobs(
+            state, status=status_, q=q, page=number, per_page=size, queue=queue_
+        )
+
+    jobs, total = fetch(number)
     last = last_page(total, size)
     if number > last:  # past the end: the last page rather than an empty one
         number = last
-        jobs, total = service.list_jobs(state, status=status_, q=q, page=number, per_page=size)
-    return JobPage(jobs, total, status_, q, number, last, size)
+        jobs, total = fetch(number)
+    return JobPage(jobs, total, status_, q, number, last, size, queue_)

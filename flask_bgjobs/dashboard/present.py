@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 from flask import jsonify, render_template, request
 from werkzeug.wrappers import Response
 
-from flask_bgjobs import limits, models, security
+from flask_bgjobs import limits, models, recurring, security
 from flask_bgjobs.models import Event, Job, Shown
 
 #: Why an attempt ended (`models.END_REASONS`), as the attempts table says it.
@@ -33,6 +34,7 @@ END_REASON_TEXT: dict[str, str] = {
     models.END_REJECTED: "refused at run time",
     models.END_MEMORY: "ran out of memory",
     models.END_CPU: "CPU limit exceeded",
+    models.END_EXPIRED: "expired: not started within its expires_in, never run",
 }
 
 #: One-line meaning of each status, shown as a tooltip next to the label.
@@ -42,7 +44,7 @@ STATUS_TEXT: dict[str, str] = {
     models.RETRYING: "an attempt failed; waiting to run again",
     models.SUCCEEDED: "an attempt returned normally",
     models.FAILED: "every attempt failed",
-    models.CANCELLED: "cancelled by an operator",
+    models.CANCELLED: "cancelled by an operator, or expired before it started",
 }
 
 
@@ -114,6 +116,32 @@ def percent(part: int, whole: int) -> str:
         return "—"
     share = 100 * part / whole
     return f"{share:.0f} %" if share >= 10 or share == 0 else f"{share:.1f} %"
+
+
+def waited(seconds: float | None) -> str:
+    """How long a queue's oldest job has waited, coarsely: ``3 s``, ``2 min``, ``1 h 05 min``.
+
+    Coarser than `duration`: on the Queues page the order of magnitude is what matters, and a
+    number that ticks every second would only distract.
+    """
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    whole = int(max(0.0, seconds))
+    if whole < 60:
+        return f"{whole} s"
+    minutes = whole // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def size(n: int | None) -> str:
+    """Bytes in binary units, as memory limits are usually given: ``512 MiB``, ``1.5 GiB``."""
+    return "—" if n is None else limits.size_text(n)
 
 
 def ago(ts: float | None, now: float | None = None) -> str:
@@ -189,6 +217,11 @@ def job_view(job: Job) -> dict[str, Any]:
         end_reason_text=END_REASON_TEXT.get(job.end_reason or "", end_reason),
         timeout=job.timeout,
         delay=job.delay,
+        # A queue name an edited row made invalid gets no link (its filter would be a 400).
+        queue_key=job.queue if addressable(job.queue, models.QUEUE_RE) else None,
+        concurrency_limit=job.concurrency_limit,
+        memory_limit=job.memory_limit,
+        cpu_limit=job.cpu_limit,
         log_incomplete=job.log_incomplete,
         lease_expires_at=job.lease_expires_at,
         can_retry=job.status in (models.FAILED, models.CANCELLED),
@@ -198,6 +231,8 @@ def job_view(job: Job) -> dict[str, Any]:
             "created_at": job.created_at,
             "started_at": job.started_at,
             "finished_at": job.finished_at,
+            "expires_at": job.expires_at,
+            "scheduled_for": job.scheduled_for,
         },
         took=(
             job.finished_at - job.started_at
@@ -212,6 +247,56 @@ def job_view(job: Job) -> dict[str, Any]:
         result_short=short_json(job.shown_result.value, 60),
     )
     return data
+
+
+def addressable(name: object, rule: re.Pattern[str]) -> bool:
+    """True when `name` follows `rule` and can stand as one segment of a URL path.
+
+    ``.`` and ``..`` follow the queue and schedule rules, but a browser resolves them as path
+    steps (``%2e`` too), so no page can post to ``/queues/../pause``: such a queue or schedule
+    gets no button (the CLI and the JSON API through a client that keeps paths as they are
+    still reach it).
+    """
+    return isinstance(name, str) and rule.fullmatch(name) is not None and name not in (".", "..")
+
+
+def queue_view(info: models.QueueInfo) -> dict[str, Any]:
+    """One row of the Queues page: the name shown, the one URLs use, counts, wait, limit."""
+    return {
+        "name": shown(info.name),
+        "key": info.name if addressable(info.name, models.QUEUE_RE) else None,
+        "pending": info.pending,
+        "running": info.running,
+        "paused": info.paused,
+        "limit": info.limit,
+        "oldest_waiting": info.oldest_waiting,
+        "waited": waited(info.oldest_waiting),
+    }
+
+
+def schedule_view(info: models.ScheduleInfo) -> dict[str, Any]:
+    """One row of the Schedules page; every text passed through `shown`."""
+    # The spec as configured. A time zone only applies to cron: the ticks of ``every`` fall on
+    # multiples of it since the Unix epoch, the same instant everywhere.
+    if info.cron is not None:
+        spec = f"cron: {info.cron} · timezone: {info.timezone}"
+    else:
+        spec = f"every: {info.every}"
+    return {
+        "name": shown(info.name),
+        "key": info.name if addressable(info.name, recurring.NAME_RE) else None,
+        "job": shown(info.job),
+        "words": shown(info.words),
+        "spec": shown(spec),
+        "timezone": shown(info.timezone),
+        "queue": shown(info.queue),
+        "queue_key": info.queue if addressable(info.queue, models.QUEUE_RE) else None,
+        "overlap": shown(info.overlap),
+        "next_run": info.next_run,
+        "last_job_id": info.last_job_id,
+        "last_status": None if info.last_status is None else shown(info.last_status),
+        "paused": info.paused,
+    }
 
 
 # -- the attempts table and the timeline ------------------------------------------------------
@@ -404,6 +489,8 @@ def template_helpers() -> dict[str, Any]:
         "rss": rss,
         "cpu": cpu,
         "percent": percent,
+        "waited": waited,
+        "size": size,
         "iso": iso,
         "pretty_json": pretty_json,
         "short_json": short_json,

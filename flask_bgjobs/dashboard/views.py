@@ -31,6 +31,16 @@ def add_routes(bp: Blueprint) -> None:
     bp.add_url_rule(f"/jobs/<{JOB_ID}:job_id>/cancel", "cancel", cancel, methods=["POST"])
     bp.add_url_rule("/jobs/retry-failed", "retry_failed", retry_failed, methods=["POST"])
     bp.add_url_rule("/logs", "logs", log_viewer)
+    bp.add_url_rule("/queues", "queues", queue_list)
+    # Names are plain strings here and checked by the views (404 unless they follow the rule):
+    # a custom converter would have to be added to the host app's url_map.
+    bp.add_url_rule("/queues/<queue>/pause", "queue_pause", pause_queue, methods=["POST"])
+    bp.add_url_rule("/queues/<queue>/resume", "queue_resume", resume_queue, methods=["POST"])
+    bp.add_url_rule("/schedules", "schedules", schedule_list)
+    bp.add_url_rule("/schedules/<name>/pause", "schedule_pause", pause_schedule, methods=["POST"])
+    bp.add_url_rule(
+        "/schedules/<name>/resume", "schedule_resume", resume_schedule, methods=["POST"]
+    )
 
 
 def state() -> AppState:
@@ -72,30 +82,36 @@ def overview() -> str:
 
 
 def job_list() -> str:
-    """Jobs newest first, filtered by status and a search text, one page at a time."""
+    """Jobs newest first, filtered by status, queue and a search text, one page at a time."""
     st = state()
-    jobs, total, status, q, page, last, size = inputs.job_page(st, request.args)
+    p = inputs.job_page(st, request.args)
     counts = st.store.counts()
+    tab_counts = counts if p.queue is None else _counts_in(st, p.queue)
     return render_template(
         "bgjobs/jobs.html",
-        jobs=[present.job_view(j) for j in jobs],
-        total=total,
-        status=status,
-        q=q,
-        page=page,
-        last=last,
-        per_page=size,
-        first_row=(page - 1) * size + 1 if total else 0,
-        last_row=min(total, page * size),
+        jobs=[present.job_view(j) for j in p.jobs],
+        total=p.total,
+        status=p.status,
+        q=p.q,
+        queue=p.queue,
+        queues=_known_queues(st, p.queue),
+        page=p.page,
+        last=p.last,
+        per_page=p.per_page,
+        first_row=(p.page - 1) * p.per_page + 1 if p.total else 0,
+        last_row=min(p.total, p.page * p.per_page),
+        # "Retry all failed" acts on every queue, so its count stays the global one.
         counts=counts,
-        all_count=sum(counts.values()),
-        page_args=_page_args(status, q, size),
+        tab_counts=tab_counts,
+        all_count=sum(tab_counts.values()),
+        page_args=_page_args(p.status, p.q, p.per_page, p.queue),
     )
 
 
 def job_detail(job_id: int) -> str:
     """One job: details, params, result, error and traceback, attempts and timeline."""
-    job = state().store.get(job_id, with_events=True)
+    st = state()
+    job = st.store.get(job_id, with_events=True)
     events = job.events or ()
     created = present.TimelineRow(
         job.created_at,
@@ -112,6 +128,8 @@ def job_detail(job_id: int) -> str:
         timeline=[created, *present.timeline(events)],
         end_reasons=present.END_REASON_TEXT,
         finished=job.is_finished,
+        # Why a waiting job does not start: its queue may be paused (on every host).
+        queue_paused=not job.is_finished and job.queue in _paused_queues(st),
     )
 
 
@@ -133,6 +151,26 @@ def log_viewer() -> str:
         q=q,
         lines=lines,
         follow=args.get("follow") == "1",
+    )
+
+
+def queue_list() -> str:
+    """Every queue: jobs waiting and running, the oldest wait, the limit, pause and resume."""
+    found = service.queues(state())
+    return render_template(
+        "bgjobs/queues.html",
+        queues=[present.queue_view(q) for q in found],
+        n_paused=sum(q.paused for q in found),
+    )
+
+
+def schedule_list() -> str:
+    """Every recurring job: its spec in words, next run, last job and its status, paused."""
+    found = service.schedules(state())
+    return render_template(
+        "bgjobs/schedules.html",
+        schedules=[present.schedule_view(s) for s in found],
+        n_paused=sum(s.paused for s in found),
     )
 
 
@@ -180,10 +218,72 @@ def retry_failed() -> Response:
     return redirect(url_for("bgjobs.jobs"), code=303)
 
 
-def _page_args(status: str | None, q: str | None, size: int) -> dict[str, Any]:
+def pause_queue(queue: str) -> Response:
+    """Pause a queue for every runner on every host: its jobs are not claimed; running ones
+    finish."""
+    name = inputs.queue_name(queue)
+    service.pause(state(), name)
+    flash(
+        f"Queue {name} paused: no runner claims its jobs until it is resumed. Running jobs finish.",
+        "ok",
+    )
+    return redirect(url_for("bgjobs.queues"), code=303)
+
+
+def resume_queue(queue: str) -> Response:
+    """Resume a queue: runners claim its jobs again at once."""
+    name = inputs.queue_name(queue)
+    service.resume(state(), name)
+    flash(f"Queue {name} resumed.", "ok")
+    return redirect(url_for("bgjobs.queues"), code=303)
+
+
+def pause_schedule(name: str) -> Response:
+    """Pause a recurring job: no tick enqueues a job until it is resumed."""
+    st = state()
+    service.pause_schedule(st, inputs.schedule_name(st, name))
+    flash(f"Recurring job {name} paused: its ticks enqueue nothing until it is resumed.", "ok")
+    return redirect(url_for("bgjobs.schedules"), code=303)
+
+
+def resume_schedule(name: str) -> Response:
+    """Resume a recurring job from its next tick (ticks missed while paused never run)."""
+    st = state()
+    service.resume_schedule(st, inputs.schedule_name(st, name))
+    flash(
+        f"Recurring job {name} resumed: it runs from its next tick; "
+        "ticks missed while paused do not run.",
+        "ok",
+    )
+    return redirect(url_for("bgjobs.schedules"), code=303)
+
+
+def _known_queues(st: AppState, selected: str | None) -> list[str]:
+    """The queues the list's filter offers: every queue the Queues page shows, and the one
+    selected (a queue whose jobs have all finished is not among those)."""
+    names = {q.name for q in service.queues(st) if models.QUEUE_RE.fullmatch(q.name)}
+    if selected is not None:
+        names.add(selected)
+    return sorted(names)
+
+
+def _counts_in(st: AppState, queue: str) -> dict[str, int]:
+    """Jobs per status in one queue (the status tabs while the list is filtered by queue)."""
+    return {s: service.list_jobs(st, status=s, queue=queue, per_page=1)[1] for s in models.STATUSES}
+
+
+def _paused_queues(st: AppState) -> set[str]:
+    return {q.name for q in service.queues(st) if q.paused}
+
+
+def _page_args(
+    status: str | None, q: str | None, size: int, queue: str | None = None
+) -> dict[str, Any]:
     args: dict[str, Any] = {}
     if status:
         args["status"] = status
+    if queue:
+        args["queue"] = queue
     if q:
         args["q"] = q
     if size != inputs.PER_PAGE:

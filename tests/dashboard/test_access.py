@@ -16,7 +16,7 @@ from conftest import Env
 from flask import Flask, request
 from werkzeug.routing import Rule
 
-from flask_bgjobs import BackgroundJobs, run_background_job
+from flask_bgjobs import BackgroundJobs, run_background_job, service
 from flask_bgjobs.dashboard import auth
 
 from .conftest import PREFIX, J
@@ -25,6 +25,8 @@ from .conftest import PREFIX, J
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 MakeApp = Callable[..., tuple[Flask, BackgroundJobs]]
+#: A recurring job, so that the routes that act on one have something to act on.
+BEAT = {"beat": {"job": "jobapp.jobs.Jobs:noop", "every": 60}}
 
 
 @pytest.fixture
@@ -66,7 +68,12 @@ def dashboard_rules(app: Flask) -> list[Rule]:
 
 def requests_for_every_route(app: Flask, job_id: int) -> list[tuple[str, str]]:
     """(method, url) for every method of every dashboard route, plus unrouted paths."""
-    samples = {"job_id": str(job_id), "filename": "bgjobs/dashboard.css"}
+    samples = {
+        "job_id": str(job_id),
+        "filename": "bgjobs/dashboard.css",
+        "queue": "default",
+        "name": "beat",
+    }
     found: list[tuple[str, str]] = []
     for rule in dashboard_rules(app):
         url = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", lambda m: samples[m.group(1)], rule.rule)
@@ -162,7 +169,7 @@ def test_with_basic_and_a_callable_both_must_admit(make_app: MakeApp) -> None:
 def test_with_no_access_configured_every_route_is_403_outside_debug_and_testing(
     make_app: MakeApp,
 ) -> None:
-    app, ext = make_app(testing=False, debug=False)
+    app, ext = make_app(testing=False, debug=False, BGJOBS_SCHEDULE=BEAT)
     with app.app_context():
         job = run_background_job(J, "noop", delay=3600)
     client = app.test_client()
@@ -171,6 +178,14 @@ def test_with_no_access_configured_every_route_is_403_outside_debug_and_testing(
     assert {"bgjobs.overview", "bgjobs.jobs", "bgjobs.job", "bgjobs.logs"} <= endpoints
     assert {"bgjobs.retry", "bgjobs.cancel", "bgjobs.retry_failed", "bgjobs.static"} <= endpoints
     assert {"bgjobs.api_jobs", "bgjobs.api_job", "bgjobs.api_stats"} <= endpoints
+    assert {"bgjobs.queues", "bgjobs.queue_pause", "bgjobs.queue_resume"} <= endpoints
+    assert {"bgjobs.schedules", "bgjobs.schedule_pause", "bgjobs.schedule_resume"} <= endpoints
+    assert {"bgjobs.api_queues", "bgjobs.api_queue_pause", "bgjobs.api_queue_resume"} <= endpoints
+    assert {
+        "bgjobs.api_schedules",
+        "bgjobs.api_schedule_pause",
+        "bgjobs.api_schedule_resume",
+    } <= endpoints
     assert len(pairs) > 2 * len(endpoints)
     for method, url in pairs:
         response = client.open(url, method=method)
@@ -182,6 +197,9 @@ def test_with_no_access_configured_every_route_is_403_outside_debug_and_testing(
         assert response.headers["Cache-Control"] == "no-store"
     with app.app_context():
         assert ext.get_job(job.id).status == "pending"  # the POSTs changed nothing
+        state = app.extensions["bgjobs"]
+        assert not any(q.paused for q in service.queues(state))
+        assert not any(s.paused for s in service.schedules(state))
 
     app.debug = True
     assert client.get(PREFIX + "/").status_code == 200

@@ -13,6 +13,7 @@ screenshots to ``docs/img/``.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -30,7 +31,7 @@ import sqlalchemy as sa
 from conftest import ROOT, Env, wait_for
 from flask import Flask
 
-from flask_bgjobs import models, run_background_job
+from flask_bgjobs import models, run_background_job, service
 
 from .conftest import PREFIX, J, S
 
@@ -53,6 +54,19 @@ SHOTS = ROOT / "docs" / "img"
 # Read at import: the `env` fixture clears every BGJOBS_* variable before a test runs.
 WRITE_SHOTS = os.environ.get("BGJOBS_SCREENSHOTS") == "1"
 TIMEOUT_MS = 20_000
+
+#: Recurring jobs and queue limits for the Queues and Schedules pages: one recurring job ticks
+#: during the test (into the default queue, which is always listed), one does not.
+SCHEDULE = {
+    "heartbeat": {"job": f"{J}:noop", "every": 2},
+    "nightly-report": {
+        "job": f"{J}:add",
+        "cron": "0 2 * * *",
+        "timezone": "Europe/Berlin",
+        "params": [1, 2],
+        "queue": "reports",
+    },
+}
 
 # Reported to the console, so the console check below catches CSP violations by name.
 REPORT_CSP = """
@@ -185,6 +199,14 @@ def watched(browser: Any, server: str, env: Env) -> Iterator[Watched]:
         page.assert_clean(env.tmp / "server.log")
     finally:
         context.close()
+
+
+@pytest.fixture
+def queues_and_schedules(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`SCHEDULE` and two queue limits for the app, the server and every worker (taken with
+    ``usefixtures``, so it is set before any of them is built)."""
+    monkeypatch.setenv("BGJOBS_SCHEDULE", json.dumps(SCHEDULE))
+    monkeypatch.setenv("BGJOBS_QUEUE_LIMITS", "mail:2,reports:1")
 
 
 def screenshot(page: Any, name: str, tmp_path: Path) -> Path:
@@ -513,19 +535,127 @@ def test_live_refresh_shows_control_characters_as_visible_escapes(
     )
 
 
+@pytest.mark.usefixtures("queues_and_schedules")
 def test_pages_fit_a_phone_screen_without_sideways_scrolling(
-    env: Env, web: Flask, watched: Watched
+    env: Env, web: Flask, watched: Watched, tmp_path: Path
 ) -> None:
     page = watched.page
+    long_queue = "q" * 64
     with web.app_context():
         failed = run_background_job(J, "fail", ["x" * 300], retry_attempts=0)
-        run_background_job("jobapp.jobs.Jobs", "greet", {"name": "y" * 300})
+        run_background_job("jobapp.jobs.Jobs", "greet", {"name": "y" * 300}, queue=long_queue)
+        run_background_job(J, "noop", queue="mail", delay=3600)
     env.burst()
     page.set_viewport_size({"width": 375, "height": 740})
-    for url in ("/", "/jobs", f"/jobs/{failed.id}", "/logs?log=errors"):
+    urls = ("/", "/jobs", f"/jobs/{failed.id}", "/logs?log=errors", "/queues", "/schedules")
+    for url in (*urls, f"/jobs?queue={long_queue}"):
         page.goto(PREFIX + url)
         overflow = page.evaluate(
             "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 0, f"{url} scrolls sideways by {overflow} px"
     assert time.time()  # pages rendered; the watcher checks they logged nothing
+
+
+def _jobs(web: Flask, ids: list[int]) -> list[models.Job]:
+    with web.app_context():
+        return [jobapp.bgjobs.get_job(i) for i in ids]
+
+
+def _paused_queues(web: Flask) -> set[str]:
+    with web.app_context():
+        return {q.name for q in service.queues(web.extensions["bgjobs"]) if q.paused}
+
+
+def _paused_schedules(web: Flask) -> set[str]:
+    with web.app_context():
+        return {s.name for s in service.schedules(web.extensions["bgjobs"]) if s.paused}
+
+
+def _last_status(web: Flask, name: str) -> str | None:
+    with web.app_context():
+        found = service.schedules(web.extensions["bgjobs"])
+        return next(s.last_status for s in found if s.name == name)
+
+
+@pytest.mark.usefixtures("queues_and_schedules")
+def test_pause_and_resume_a_queue_and_a_recurring_job_with_their_buttons(
+    env: Env, web: Flask, watched: Watched, tmp_path: Path
+) -> None:
+    page = watched.page
+    with web.app_context():
+        mail = [run_background_job(J, "add", [i, 1], queue="mail", priority=5).id for i in range(3)]
+
+    page.goto(PREFIX + "/")
+    page.click("nav a:has-text('Queues')")
+    page.wait_for_url(f"**{PREFIX}/queues")
+    assert page.title() == "Queues · flask-bgjobs"
+    row = page.locator("tr[data-queue='mail']")
+    assert row.locator("[data-field=pending]").inner_text() == "3"
+    row.locator("[data-action=pause-queue]").click()
+    page.wait_for_selector(".flash")
+    assert "Queue mail paused" in page.inner_text(".flash")
+    assert row.locator(".pill").inner_text() == "paused"
+    assert _paused_queues(web) == {"mail"}
+
+    # A runner serves the other queues and leaves the paused one alone; the page follows the
+    # counts by itself (the recurring job's ticks land in the default queue meanwhile).
+    with web.app_context():
+        other = run_background_job(J, "noop", queue="reports").id
+    env.start_worker()
+    wait_for(lambda: _jobs(web, [other])[0].status == "succeeded", what="the reports job to run")
+    assert [j.status for j in _jobs(web, mail)] == ["pending"] * 3
+    page.wait_for_function(
+        "() => document.querySelector(\"tr[data-queue='reports'] [data-field=pending]\")"
+        ".textContent === '0'"
+    )
+    assert row.locator("[data-field=pending]").inner_text() == "3"
+    page.mouse.move(0, 0)
+    screenshot(page, "dashboard-queues", tmp_path)
+
+    # Resume with the keyboard alone.
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.dataset.action") == "resume-queue":
+            break
+    else:
+        raise AssertionError("the Resume button is not reachable with Tab")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".flash:has-text('Queue mail resumed.')")
+    assert _paused_queues(web) == set()
+    page.wait_for_function(
+        "() => document.querySelector(\"tr[data-queue='mail'] [data-field=pending]\")"
+        ".textContent === '0'"
+    )
+    assert [j.result for j in _jobs(web, mail)] == [1, 2, 3]
+
+    # The job list, filtered by the queue from its row.
+    page.click("tr[data-queue='mail'] td.qname a")
+    page.wait_for_url("**/jobs?queue=mail")
+    assert page.locator("table.jobs tbody tr").count() == 3
+    assert page.locator("#queue").input_value() == "mail"
+    page.select_option("#queue", "")  # the select applies itself
+    page.wait_for_url(lambda url: "queue=mail" not in url)
+
+    # The Schedules page: the ticking job's last run, then pause and resume the other one.
+    page.click("nav a:has-text('Schedules')")
+    page.wait_for_url(f"**{PREFIX}/schedules")
+    wait_for(lambda: _last_status(web, "heartbeat") == "succeeded", what="a heartbeat job to run")
+    page.reload()
+    beat = page.locator("tr[data-schedule='heartbeat']")
+    assert "every 2 s" in beat.inner_text()
+    assert beat.locator("[data-status-badge]").inner_text() == "succeeded"
+    nightly = page.locator("tr[data-schedule='nightly-report']")
+    assert "Europe/Berlin" in nightly.inner_text()
+    nightly.locator("[data-action=pause-schedule]").click()
+    page.wait_for_selector(".flash:has-text('Recurring job nightly-report paused')")
+    assert nightly.locator(".pill").inner_text() == "paused"
+    assert "— (paused)" in nightly.inner_text()
+    assert _paused_schedules(web) == {"nightly-report"}
+    page.mouse.move(0, 0)
+    screenshot(page, "dashboard-schedules", tmp_path)
+
+    nightly.locator("[data-action=resume-schedule]").click()
+    page.wait_for_selector(".flash:has-text('Recurring job nightly-report resumed')")
+    assert nightly.locator(".pill").inner_text() == "active"
+    assert _paused_schedules(web) == set()

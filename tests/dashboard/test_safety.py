@@ -20,6 +20,7 @@ from conftest import Env
 from flask import Flask
 from flask.testing import FlaskClient
 from itsdangerous import URLSafeTimedSerializer
+from markupsafe import escape as markup_escape
 from werkzeug.routing import Rule
 
 from flask_bgjobs import models, run_background_job
@@ -53,7 +54,12 @@ def dashboard_rules(app: Flask) -> list[Rule]:
 
 def url_of(rule: Rule, job_id: int) -> str:
     """A concrete URL for a rule of the dashboard (sample values for its arguments)."""
-    samples = {"job_id": str(job_id), "filename": "bgjobs/dashboard.css"}
+    samples = {
+        "job_id": str(job_id),
+        "filename": "bgjobs/dashboard.css",
+        "queue": "default",
+        "name": "no-such-schedule",  # a 404 from the view: headers on that too
+    }
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", lambda m: samples[m.group(1)], rule.rule)
 
 
@@ -163,7 +169,8 @@ def test_every_response_carries_the_csp_and_cache_headers(web: Flask, client: Fl
 def test_pages_have_no_inline_script_style_or_event_handler(
     client: FlaskClient, seeded: Seeded
 ) -> None:
-    for url in ("/", "/jobs", f"/jobs/{seeded.failed.id}", f"/jobs/{seeded.pending.id}", "/logs"):
+    pages = ("/", "/jobs", f"/jobs/{seeded.failed.id}", f"/jobs/{seeded.pending.id}", "/logs")
+    for url in (*pages, "/queues", "/schedules", "/jobs?queue=default"):
         html = text(client.get(PREFIX + url))
         assert not re.search(r"<script(?![^>]*\bsrc=)", html), url
         assert "<style" not in html and " style=" not in html, url
@@ -537,6 +544,41 @@ def test_a_refused_action_names_a_stored_status_with_visible_escapes(
         assert response.status_code == 200
         assert RAW_CONTROL.search(html) is None, action
         assert f"job {job_id} is odd\\x1b[31m\\u2028" in html, action
+
+
+def test_a_hostile_queue_name_in_a_stored_row_shows_as_text_with_no_button_or_link(
+    web: Flask, client: FlaskClient
+) -> None:
+    # The enqueue checks refuse such a name; a row edited behind the extension's back has it.
+    # (61 characters: PostgreSQL keeps at most 64 in the column.)
+    hostile = f"{SCRIPT}{IMG}\x1b\u2028"
+    shown = f"{SCRIPT}{IMG}\\x1b\\u2028"
+    with web.app_context():
+        jobapp.bgjobs.init_db()
+    with web.extensions["bgjobs"].store.engine.begin() as conn:
+        job_id = _insert_job(conn, queue=hostile, method_name="noop")
+    pages = {
+        "queues": PREFIX + "/queues",
+        "list": PREFIX + "/jobs",
+        "job": PREFIX + f"/jobs/{job_id}",
+    }
+    for where, url in pages.items():
+        page = client.get(url)
+        assert page.status_code == 200, where
+        html = text(page)
+        for raw in RAW:
+            assert raw not in html, (raw, where)
+        assert RAW_CONTROL.search(html) is None, where
+        assert str(markup_escape(shown)) in html, where
+        # No URL is built from it: its filter or its pause would be refused anyway.
+        assert not re.search(r'(?:href|action)="[^"]*(?:script|%3C)', html, re.I), where
+    queues = text(client.get(PREFIX + "/queues"))
+    assert queues.count('data-action="pause-queue"') == 1  # the default queue's, not its
+    assert 'Use <span class="mono">flask bgjobs pause</span>.' in queues
+    assert '<option value="&lt;' not in text(client.get(PREFIX + "/jobs"))
+    # The JSON API gives the name as stored (JSON escapes it itself).
+    names = [q["name"] for q in client.get(PREFIX + "/api/queues").get_json()["queues"]]
+    assert hostile in names
 
 
 def test_the_dashboard_package_has_no_sql_of_its_own() -> None:

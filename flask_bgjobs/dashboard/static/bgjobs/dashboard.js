@@ -32,6 +32,19 @@
     return Math.floor(hours / 24) + " d " + (hours % 24) + " h";
   }
 
+  /* A queue's oldest wait, coarsely; the same as present.waited() on the server. */
+  function waited(seconds) {
+    if (seconds === null || !isFinite(seconds)) return "—";
+    var whole = Math.floor(Math.max(0, seconds));
+    if (whole < 60) return whole + " s";
+    var minutes = Math.floor(whole / 60);
+    if (minutes < 60) return minutes + " min";
+    var hours = Math.floor(minutes / 60);
+    minutes = minutes % 60;
+    if (hours < 24) return hours + " h " + (minutes < 10 ? "0" : "") + minutes + " min";
+    return Math.floor(hours / 24) + " d " + (hours % 24) + " h";
+  }
+
   function parseIso(text) {
     return text ? Date.parse(text) / 1000 : NaN;
   }
@@ -365,6 +378,39 @@
     });
   }
 
+  // -- queues page --------------------------------------------------------------------------
+
+  function queuesPage() {
+    var url = body.getAttribute("data-api-queues");
+    var rows = $all("tr[data-queue]");
+    if (!url) return;
+    var poller = poll(function () {
+      return getJson(url).then(function (data) {
+        // Both lists are sorted by name. A queue that came or went, or a pause or resume from
+        // elsewhere, changes the rows and their buttons: render the page afresh. (Names are
+        // not compared: one an edited row made unprintable is shown escaped on the page.)
+        var changed =
+          data.queues.length !== rows.length ||
+          data.queues.some(function (q, i) {
+            return String(q.paused) !== rows[i].getAttribute("data-paused");
+          });
+        if (changed) {
+          poller.stop();
+          window.location.reload();
+          return;
+        }
+        data.queues.forEach(function (q, i) {
+          setText($("[data-field=pending]", rows[i]), String(q.pending));
+          setText($("[data-field=running]", rows[i]), String(q.running));
+          var wait = $("[data-field=waited]", rows[i]);
+          setText(wait, waited(q.oldest_waiting_seconds));
+          if (q.oldest_waiting_seconds === null) wait.removeAttribute("title");
+          else wait.setAttribute("title", duration(q.oldest_waiting_seconds) + " since it fell due");
+        });
+      });
+    });
+  }
+
   // -- log viewer ---------------------------------------------------------------------------
 
   function logEntry(entry) {
@@ -461,6 +507,26 @@
     if (toggle.checked) setFollow(true);
   }
 
+  // -- filters: a select applies at once (its form's button stays for pages without script) -
+
+  $all("select[data-autosubmit]").forEach(function (select) {
+    var form = select.form;
+    if (!form) return;
+    function apply() {
+      // "all" is an empty value: leave it out of the URL (a disabled field is not sent).
+      select.disabled = select.value === "";
+    }
+    form.addEventListener("submit", apply);
+    select.addEventListener("change", function () {
+      apply();
+      form.submit(); // submit() fires no submit event
+    });
+    // Back to this page from the history: the field must work again.
+    window.addEventListener("pageshow", function () {
+      select.disabled = false;
+    });
+  });
+
   // -- confirmations: Escape closes an open one ---------------------------------------------
 
   document.addEventListener("keydown", function (event) {
@@ -476,4 +542,5 @@
   if (page === "overview") overview();
   else if (page === "job") jobPage();
   else if (page === "logs") logsPage();
+  else if (page === "queues") queuesPage();
 })();
