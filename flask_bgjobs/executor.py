@@ -175,11 +175,13 @@ def serve(
     max_params_bytes: int,
     parent_pid: int,
     after_fork: Callable[[], None] = lambda: None,
+    forked: bool = True,
 ) -> NoReturn:
     """Run attempts in this job process until `budget` ran or the runner closes the channel.
 
-    `first` is the attempt a forked process starts with (a spawned one reads every attempt
-    from the channel). Never returns: the process leaves with ``os._exit``, so no atexit
+    `first` is the attempt a process forked by the runner starts with (others read every
+    attempt from the channel). `forked`: this process was forked, so its usage started at
+    nothing (a spawned one loaded the app first). Never returns: the process leaves with ``os._exit``, so no atexit
     handler or finaliser of the runner runs here.
     """
     code = 0
@@ -201,7 +203,7 @@ def serve(
         after_fork()
         enforcer = limits.Enforcer()
         work = first
-        fresh = first is not None  # a forked process's first attempt: wait4 says it all
+        fresh = forked  # a forked process's first attempt: wait4 says it all
         for _ in range(max(1, budget)):
             if work is None:
                 work = channel.next_work()
@@ -453,6 +455,7 @@ def main() -> None:
         app,
         fd,
         None,
+        forked=False,
         budget=budget,
         allowlist=state.allowlist,
         max_params_bytes=state.settings.max_params_bytes,

@@ -203,11 +203,11 @@ _INSERT_JOB_ONCE_NOTIFY = (
 # {queues} and {queue_limits} are filled per runner (`_claim_sql`).
 _CANDIDATES = """
 SELECT id, queue, concurrency_key, concurrency_limit, expires_at, started_at
-FROM bgjobs_jobs j
+FROM bgjobs_jobs j {due_index}
 WHERE status IN ('pending', 'retrying') AND run_at <= :now{queues}
   AND NOT EXISTS (SELECT 1 FROM bgjobs_queues q WHERE q.name = j.queue AND q.paused)
   AND (concurrency_key IS NULL OR concurrency_limit > (
-      SELECT count(*) FROM bgjobs_jobs r
+      SELECT count(*) FROM bgjobs_jobs r {key_index}
       WHERE r.status = 'running' AND r.concurrency_key = j.concurrency_key)){queue_limits}
 ORDER BY priority DESC, run_at, id
 LIMIT :limit {lock}"""
@@ -350,17 +350,32 @@ _PARAMS = {
     sql: frozenset(re.findall(r":(\w+)", sql))
     for sql in (_FINISH_SUCCEEDED, _FINISH_SHUTDOWN, _FINISH_RETRYING, _FINISH_FAILED)
 }
-# sqlite3 takes :name as it is; psycopg wants %(name)s. Converted once per statement.
-_PG_STYLE: dict[str, str] = {}
+# What each backend makes of the placeholders in the statements above. {lock}: SQLite's
+# IMMEDIATE transaction already holds the write lock. The index hints: without statistics
+# SQLite's planner reads the claim's candidates through ix_bgjobs_jobs_status_id and sorts them
+# all (1.3 ms with 3,000 waiting jobs, growing with the queue), where the partial index in claim
+# order gives the head at once (6 µs); PostgreSQL's planner finds it alone (tests check).
+_FRAGMENTS = {
+    SQLITE: {
+        "{lock}": "",
+        "{due_index}": "INDEXED BY ix_bgjobs_jobs_due",
+        "{key_index}": "INDEXED BY ix_bgjobs_jobs_running_key",
+    },
+    POSTGRESQL: {"{lock}": "FOR UPDATE SKIP LOCKED", "{due_index}": "", "{key_index}": ""},
+}
+_BACKEND_SQL: dict[tuple[str, str], str] = {}
 
 
-def _pg_style(sql: str) -> str:
-    converted = _PG_STYLE.get(sql)
+def _sql_for(backend: str, sql: str) -> str:
+    """`sql` with its placeholders filled for `backend` (and psycopg's parameter style)."""
+    converted = _BACKEND_SQL.get((backend, sql))
     if converted is None:
-        converted = re.sub(
-            r"(?<!:):(\w+)", r"%(\1)s", sql.replace("{lock}", "FOR UPDATE SKIP LOCKED")
-        )
-        _PG_STYLE[sql] = converted
+        converted = sql
+        for mark, text in _FRAGMENTS[backend].items():
+            converted = converted.replace(mark, text)
+        if backend == POSTGRESQL:  # sqlite3 takes :name as it is; psycopg wants %(name)s
+            converted = re.sub(r"(?<!:):(\w+)", r"%(\1)s", converted)
+        _BACKEND_SQL[(backend, sql)] = converted
     return converted
 
 
@@ -444,7 +459,7 @@ class _RawSqlite:
                 self.conn.execute("ROLLBACK")
 
     def run(self, sql: str, params: Any) -> Any:
-        sql = sql.replace("{lock}", "")
+        sql = _sql_for(SQLITE, sql)
         if isinstance(params, list):
             return self.conn.executemany(sql, params).rowcount
         cur = self.conn.execute(sql, params)
@@ -491,9 +506,9 @@ class _RawPostgres:
 
     def run(self, sql: str, params: Any) -> Any:
         if isinstance(params, list):
-            self.cur.executemany(_pg_style(sql), params)
+            self.cur.executemany(_sql_for(POSTGRESQL, sql), params)
             return self.cur.rowcount
-        self.cur.execute(_pg_style(sql), params)
+        self.cur.execute(_sql_for(POSTGRESQL, sql), params)
         if self.cur.description is None:
             return self.cur.rowcount
         names = [d.name for d in self.cur.description]
@@ -725,7 +740,11 @@ def _candidates_sql(
             "(SELECT count(*) FROM bgjobs_jobs r WHERE r.status = 'running' AND r.queue = j.queue)"
             f" < CASE queue {cases} END)"
         )
-    found = (_CANDIDATES.format(queues=served, queue_limits=limited, lock="{lock}"), params)
+    sql = _CANDIDATES.format(
+        queues=served, queue_limits=limited, lock="{lock}", due_index="{due_index}",
+        key_index="{key_index}",
+    )  # fmt: skip
+    found = (sql, params)
     _CANDIDATE_SQL[cache_key] = found
     return found
 

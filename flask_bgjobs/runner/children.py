@@ -29,7 +29,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
@@ -39,6 +39,7 @@ from flask_bgjobs.executor import FINAL_MESSAGES, MSG_PROGRESS, MSG_USAGE, Work
 from flask_bgjobs.launcher import kill_group
 from flask_bgjobs.limits import NO_LIMITS, Limits, OutputTail
 from flask_bgjobs.models import Job
+from flask_bgjobs.runner.forkserver import Exit, ForkServer
 from flask_bgjobs.runner.outcomes import (
     KILLED_LOST,
     KILLED_SHUTDOWN,
@@ -109,6 +110,8 @@ class JobProcess:
     out: int | None = None
     #: It said it will run no further attempt (it hit a limit).
     retiring: bool = False
+    #: Forked by the fork server, which reaps it and kills it for us.
+    via_server: bool = False
 
 
 class Children:
@@ -128,6 +131,7 @@ class Children:
         inherited_fds: Callable[[], Iterable[int]] = lambda: (),
         memory_limit: int = 0,
         cpu_limit: float = 0.0,
+        fork_server: bool = True,
     ) -> None:
         self.app = app
         self.allowlist = allowlist
@@ -146,6 +150,10 @@ class Children:
         self.idle: list[JobProcess] = []
         self.attempts: dict[int, Attempt] = {}  # by job id
         self._ended: list[Attempt] = []
+        #: With ``fork``: job processes come from a fork server (see runner/forkserver.py).
+        self.use_fork_server = fork_server
+        self.server: ForkServer | None = None
+        self._server_exits: list[Exit] = []
 
     # -- what the loop asks ----------------------------------------------------------------
 
@@ -161,7 +169,8 @@ class Children:
     def fds(self) -> list[int]:
         """Our ends of every channel and output pipe: a forked job process must close them."""
         fds = [p.sock.fileno() for p in self.processes.values() if p.channel_open]
-        return fds + [p.out for p in self.processes.values() if p.out is not None]
+        fds += [p.out for p in self.processes.values() if p.out is not None]
+        return fds + (self.server.fds() if self.server is not None else [])
 
     # -- start -----------------------------------------------------------------------------
 
@@ -180,6 +189,9 @@ class Children:
             self._send(proc, work.message())
         elif self.start_method == SPAWN:
             proc = self._spawn()
+            self._send(proc, work.message())
+        elif self.server is not None:
+            proc = self._from_server()
             self._send(proc, work.message())
         else:
             proc = self._fork(work)
@@ -215,6 +227,34 @@ class Children:
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)  # the child does it too: whichever runs first wins the race
         return self._adopt(pid, mine, out_r, budget=self.reuse - 1)
+
+    def _from_server(self) -> JobProcess:
+        assert self.server is not None
+        mine, theirs = socket.socketpair()
+        out_r, out_w = os.pipe()
+        try:
+            pid = self.server.fork(theirs.fileno(), out_w)
+        finally:
+            theirs.close()
+            os.close(out_w)
+        proc = self._adopt(pid, mine, out_r, budget=self.reuse - 1)
+        proc.via_server = True
+        return proc
+
+    def _job_process(self, channel_fd: int, output_fd: int, server_pid: int) -> NoReturn:
+        """In a process the fork server just forked: serve attempts from the channel."""
+        os.dup2(output_fd, 1)
+        os.dup2(output_fd, 2)
+        os.close(output_fd)
+        executor.serve(
+            self.app,
+            channel_fd,
+            None,
+            budget=self.reuse,
+            allowlist=self.allowlist,
+            max_params_bytes=self.max_params_bytes,
+            parent_pid=server_pid,
+        )
 
     def _spawn(self) -> JobProcess:
         mine, theirs = socket.socketpair()
@@ -257,13 +297,41 @@ class Children:
             os.close(self.selector.fileno())  # type: ignore[attr-defined]
 
     def prepare_fork(self) -> None:
-        """Once, before the first fork: keep the collector off everything loaded so far.
+        """Once, before the first fork: keep the collector off everything loaded so far, and
+        start the fork server.
 
         Every object alive now lives as long as the runner; frozen, neither the runner's nor a
         job process's collector walks (and so copies) their pages.
         """
         gc.collect()
         gc.freeze()
+        if self.start_method == FORK and self.use_fork_server:
+            self._start_server()
+
+    def _start_server(self) -> None:
+        server = ForkServer()
+        server.start(self._job_process, close=[*self.inherited_fds(), self._selector_fd()])
+        self.selector.register(server.exits_socket, selectors.EVENT_READ, self._on_exits)
+        self.server = server
+
+    def _selector_fd(self) -> int:
+        fileno = getattr(self.selector, "fileno", None)
+        return int(fileno()) if fileno is not None else -1
+
+    def _on_exits(self, _mask: int) -> None:
+        assert self.server is not None
+        self._server_exits.extend(self.server.read_exits())
+
+    def stop(self) -> None:
+        """At the runner's exit: let idle processes go and the fork server with them."""
+        self.release_idle()
+        if self.server is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.server.exits_socket)
+            self.server.stop()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.server.pid, 0)  # it leaves as soon as its socket closes
+            self.server = None
 
     # -- talk --------------------------------------------------------------------------------
 
@@ -375,7 +443,10 @@ class Children:
         return ended
 
     def _reap(self) -> None:
-        while self.processes:
+        exits, self._server_exits = self._server_exits, []
+        for note in exits:
+            self._gone(note.pid, note.status, Usage(note.max_rss_kb, note.cpu_s))
+        while self.processes or self.server is not None:
             try:
                 # wait4, not waitpid: the process's peak RSS and CPU come with its status.
                 pid, status, rusage = os.wait4(-1, os.WNOHANG)
@@ -383,25 +454,43 @@ class Children:
                 return
             if pid == 0:
                 return
-            proc = self.processes.pop(pid, None)
-            if proc is None:
+            if self.server is not None and pid == self.server.pid:
+                self._server_died()
                 continue
-            if proc.popen is not None:
-                proc.popen.returncode = status  # reaped here: Popen must not wait for it
-            if proc.channel_open:
-                self._read(proc)  # what it said last
-                self._close_channel(proc)
-            # What it wrote before it exited is in the pipe; a subprocess it left behind
-            # writes to no one from here on.
-            self._read_output(proc, drain=True)
-            self._close_output(proc)
-            if proc in self.idle:
-                self.idle.remove(proc)
-            if proc.attempt is not None:
-                proc.attempt.rusage = Usage(
-                    int(rusage.ru_maxrss), rusage.ru_utime + rusage.ru_stime
-                )
-                self._end(proc.attempt, status=status)
+            self._gone(pid, status, Usage(int(rusage.ru_maxrss), rusage.ru_utime + rusage.ru_stime))
+
+    def _server_died(self) -> None:
+        """The fork server was killed: its job processes died with it (their death signal)."""
+        assert self.server is not None
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(self.server.exits_socket)
+        self.server.stop()
+        self.server = None
+        for pid, proc in list(self.processes.items()):
+            if proc.via_server:
+                self._gone(pid, signal.SIGKILL, None)
+        if self.use_fork_server:
+            self._start_server()
+
+    def _gone(self, pid: int, status: int, usage: Usage | None) -> None:
+        """A job process exited: close its descriptors, end its attempt."""
+        proc = self.processes.pop(pid, None)
+        if proc is None:
+            return
+        if proc.popen is not None:
+            proc.popen.returncode = status  # reaped here: Popen must not wait for it
+        if proc.channel_open:
+            self._read(proc)  # what it said last
+            self._close_channel(proc)
+        # What it wrote before it exited is in the pipe; a subprocess it left behind
+        # writes to no one from here on.
+        self._read_output(proc, drain=True)
+        self._close_output(proc)
+        if proc in self.idle:
+            self.idle.remove(proc)
+        if proc.attempt is not None:
+            proc.attempt.rusage = usage
+            self._end(proc.attempt, status=status)
 
     def _end(self, att: Attempt, *, status: int | None) -> None:
         att.status = status
@@ -415,7 +504,10 @@ class Children:
         """Kill an attempt's whole process group; it ends when the reaper sees it go."""
         if att.killed is None:
             att.killed = reason
-        kill_group(att.pid, signal.SIGKILL)
+        if att.proc.via_server and self.server is not None:
+            self.server.kill(att.pid)  # it still has the process: the id is not recycled
+        else:
+            kill_group(att.pid, signal.SIGKILL)
 
     def kill_lost(self, owned: set[int]) -> None:
         """Kill the attempts whose jobs this runner no longer holds (cancelled, taken back)."""

@@ -235,11 +235,14 @@ class Runner:
             self.stop_requests = 2
         if app is not None:
             children_mod.guard_app_engines(app)
+        # No pooled connection may outlive this point in a process that keeps forking: the
+        # fork server would hold its socket open (the runner reconnects on first use).
+        self.store.close()
         self.children.prepare_fork()
 
     def teardown(self) -> None:
         """Undo `setup`; idle job processes exit when their channel closes."""
-        self.children.release_idle()
+        self.children.stop()
         if self.wakeups is not None:
             self.wakeups.teardown()
         self.selector.close()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Env, wait_for
+from conftest import Env, pid_alive, wait_for
 
 from flask_bgjobs import run_background_job
 
@@ -116,3 +117,36 @@ def test_an_async_target_is_awaited_in_the_job_process(env: Env, bgjobs: Any) ->
     env.burst()
     done = bgjobs.get_job(job.id)
     assert (done.status, done.result) == ("succeeded", f"awaited {job.id}")
+
+
+def _fork_server_of(worker_pid: int) -> int:
+    """The fork server: the worker's child whose children are the job processes."""
+    children = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def test_job_processes_come_from_a_fork_server_that_the_runner_replaces_if_it_dies(
+    env: Env, bgjobs: Any
+) -> None:
+    import signal as signals
+
+    gate = env.tmp / "gate"
+    stuck = run_background_job(J, "wait_for_file", [str(gate), "stuck"], retry_attempts=0)
+    worker = env.start_worker("--concurrency", "2")
+    wait_for(lambda: env.marks_of("stuck"), what="the job to start")
+    server = _fork_server_of(worker.pid)
+    job_pid = bgjobs.get_job(stuck.id).pid
+    parent = int(Path(f"/proc/{job_pid}/stat").read_text().split(") ")[1].split()[1])
+    assert parent == server
+    os.kill(server, signals.SIGKILL)
+    done = wait_for(
+        lambda: (j := bgjobs.get_job(stuck.id)).is_finished and j, what="the attempt to end"
+    )
+    assert (done.status, done.end_reason) == ("failed", "signal")
+    wait_for(lambda: not pid_alive(job_pid), what="the job process to die with its server")
+    after = run_background_job(J, "where")
+    wait_for(lambda: bgjobs.get_job(after.id).status == "succeeded", what="a job after the crash")
+    assert _fork_server_of(worker.pid) != server
+    worker.terminate()
+    assert worker.wait(timeout=20) == 0

@@ -213,6 +213,9 @@ class FakeStore:
             applied.append(ok)
         return applied
 
+    def close(self) -> None:
+        pass
+
     def mark_log_incomplete(self, job_ids: list[int]) -> None:
         self._call("mark_log_incomplete")
 
@@ -309,6 +312,9 @@ class FakeChildren:
 
     def release_idle(self) -> None:
         self.released += 1
+
+    def stop(self) -> None:
+        self.release_idle()
 
 
 class FakeLauncher:
