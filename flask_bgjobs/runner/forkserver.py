@@ -33,6 +33,9 @@ from flask_bgjobs import executor
 from flask_bgjobs.launcher import kill_group
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+#: The fork server's name in ``ps`` and ``/proc/<pid>/comm`` (15 bytes at most).
+NAME = b"bgjobs-forksrv"
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,10 @@ def _serve(
     code = 0
     try:
         os.setpgid(0, 0)  # not in the terminal's group: a Ctrl-C is the runner's to handle
-        if executor._prctl is not None:
-            executor._prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        prctl = executor._prctl  # loaded once, in the runner
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            prctl(_PR_SET_NAME, NAME, 0, 0, 0)  # for operators: `ps` tells it from the runner
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         wake_r, wake_w = os.pipe()

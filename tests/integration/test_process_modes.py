@@ -136,7 +136,7 @@ def test_job_processes_come_from_a_fork_server_that_the_runner_replaces_if_it_di
     worker = env.start_worker("--concurrency", "2")
     wait_for(lambda: env.marks_of("stuck"), what="the job to start")
     server = _fork_server_of(worker.pid)
-    job_pid = bgjobs.get_job(stuck.id).pid
+    job_pid = wait_for(lambda: bgjobs.get_job(stuck.id).pid, what="the job's pid to be recorded")
     parent = int(Path(f"/proc/{job_pid}/stat").read_text().split(") ")[1].split()[1])
     assert parent == server
     os.kill(server, signals.SIGKILL)
