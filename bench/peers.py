@@ -786,7 +786,13 @@ def ensure_venv(peers: list[Peer], log: Path, *, reinstall: bool) -> dict[str, s
         shutil.rmtree(VENV)
     if not (VENV / "bin" / "python").exists():
         _say(f"creating {VENV}")
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        with open(log, "ab") as fh:
+            proc = subprocess.run(
+                [sys.executable, "-m", "venv", str(VENV)], stdout=fh, stderr=subprocess.STDOUT
+            )
+        if proc.returncode != 0:
+            why = f"could not create {VENV} (exit {proc.returncode}): see {log}"
+            return {peer.name: why for peer in peers}
     have = venv_versions(d for p in peers for d in p.dists)
     errors: dict[str, str | None] = {}
     for peer in peers:
