@@ -96,15 +96,32 @@ _STRIPPED_NAMES |= {"PGUSER", "PGPASSWORD", "PGSERVICE", "PGOPTIONS", "DATABASE_
 class Peer:
     name: str
     title: str
-    requirement: str  # what pip installs
+    requirement: str  # what pip installs ("": ours, from the bench's own interpreter)
     dists: tuple[str, ...]  # whose versions the output records
     service: str  # "redis", "postgres" or "sqlite"
     model: str
+
+    @property
+    def ours(self) -> bool:
+        return not self.requirement
 
 
 PEERS: dict[str, Peer] = {
     p.name: p
     for p in (
+        # Our engine through the same harness (same job record, same clock) as the peers;
+        # bench/run.py's figures are the reference ones, from the engine's own rows.
+        Peer(
+            "bgjobs", "flask-bgjobs (SQLite)", "", ("flask-bgjobs",), "sqlite", "fork per attempt"
+        ),
+        Peer(
+            "bgjobs-pg",
+            "flask-bgjobs (PostgreSQL)",
+            "",
+            ("flask-bgjobs",),
+            "postgres",
+            "fork per attempt",
+        ),
         Peer("rq", "RQ", "rq", ("rq", "redis"), "redis", "fork per job"),
         Peer(
             "celery",
@@ -449,7 +466,60 @@ class ProcrastinateDriver(Driver):
         self.admin.close()
 
 
+class BgjobsDriver(Driver):
+    """Our engine: ``flask bgjobs worker`` and ``run_background_job`` on bench/benchapp.py."""
+
+    model = "fork per attempt; flask bgjobs worker --concurrency {c}"
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args)
+        import benchapp
+
+        from flask_bgjobs import run_background_job
+
+        self.app = benchapp.create_app()
+        self.ctx = self.app.app_context()
+        self.ctx.push()
+        self.run_job = run_background_job
+        self.model = self.model.format(c=args.concurrency)
+        self.admin: Any = None
+        uri = os.environ["BGJOBS_DATABASE_URI"]
+        if uri.startswith("postgresql"):
+            import psycopg
+
+            self.admin = psycopg.connect(os.environ["BGPEERS_PG_DSN"], autocommit=True)
+
+    def warm(self) -> None:
+        # As a deployed app: tables created, connection open. The warm-up jobs are due in an
+        # hour, so no worker takes them during the measurements.
+        self.app.extensions["bgjobs"].ext.init_db()
+        for _ in range(10):
+            self.run_job("bgjobs_jobs.Record", "run", ["warm", time.time()], delay=3600)
+
+    def enqueue(self, tag: str) -> None:
+        self.run_job("bgjobs_jobs.Record", "run", [tag, time.time()])
+
+    def worker_cmds(self, concurrency: int) -> list[list[str]]:
+        app = os.environ["BGJOBS_APP"]
+        return [
+            [
+                *(sys.executable, "-m", "flask", "--app", app, "bgjobs", "worker"),
+                *("--concurrency", str(concurrency)),
+            ]
+        ]
+
+    def service_pids(self) -> set[int]:
+        return pg_backends(self.admin) if self.admin is not None else set()
+
+    def close(self) -> None:
+        self.ctx.pop()
+        if self.admin is not None:
+            self.admin.close()
+
+
 DRIVERS: dict[str, Callable[[argparse.Namespace], Driver]] = {
+    "bgjobs": BgjobsDriver,
+    "bgjobs-pg": BgjobsDriver,
     "rq": RqDriver,
     "celery": CeleryDriver,
     "huey": HueyDriver,
@@ -822,6 +892,30 @@ def ensure_venv(peers: list[Peer], log: Path, *, reinstall: bool) -> dict[str, s
     return errors
 
 
+def bgjobs_env(wd: Path, pg_dsn: str | None, concurrency: int) -> dict[str, str]:
+    """Our engine's configuration, as bench/run.py's, with the recording job allow-listed and
+    autostart off: the workers are started by the bench, as the peers' are."""
+    (wd / "instance").mkdir(exist_ok=True)
+    (wd / "empty.env").touch()
+    if pg_dsn:
+        uri = pg_dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+    else:
+        uri = f"sqlite:///{wd / 'bench.db'}"
+    return {
+        "PYTHONPATH": f"{JOBS_DIR}{os.pathsep}{BENCH}",
+        "BENCHAPP_INSTANCE": str(wd / "instance"),
+        "BGJOBS_DATABASE_URI": uri,
+        "BGJOBS_ALLOWED_JOBS": "bgjobs_jobs.Record:run",
+        "BGJOBS_APP": "benchapp:create_app()",
+        "BGJOBS_AUTOSTART": "false",
+        "BGJOBS_MAX_CONCURRENCY": str(concurrency),
+        "BGJOBS_DASHBOARD": "false",
+        # An empty .env of our own: a stray .env in the cwd must not leak in.
+        "BGJOBS_DOTENV_PATH": str(wd / "empty.env"),
+        "FLASK_SKIP_DOTENV": "1",
+    }
+
+
 # -- the orchestrator ----------------------------------------------------------------------------
 
 
@@ -1001,12 +1095,26 @@ class PeerBench:
         a = self.args
         _say(f"flask-bgjobs peer bench in {self.root}")
         peers = [PEERS[n] for n in a.only]
-        install = ensure_venv(peers, self.root / "pip.log", reinstall=a.reinstall) if peers else {}
+        theirs = [p for p in peers if not p.ours]
+        install = (
+            ensure_venv(theirs, self.root / "pip.log", reinstall=a.reinstall) if theirs else {}
+        )
         versions = venv_versions(sorted({d for p in PEERS.values() for d in p.dists} | {"pip"}))
+        versions.pop("flask-bgjobs", None)  # not in the peers' venv
+        if any(p.ours for p in peers):
+            import importlib.metadata
+            import importlib.util
+
+            if importlib.util.find_spec("flask_bgjobs") is None:
+                for p in peers:
+                    if p.ours:
+                        install[p.name] = f"flask_bgjobs is not importable by {sys.executable}"
+            else:
+                versions["flask-bgjobs"] = importlib.metadata.version("flask-bgjobs")
 
         redis_error = self.ensure_redis() if any(p.service == "redis" for p in peers) else None
         self.pg = Postgres(self.token)
-        out: dict[str, Any] = {"floors": {}, "peers": {}}
+        out: dict[str, Any] = {"floors": {}, "systems": {}}
 
         if a.floors:
             out["floors"]["fork"] = self.floor("fork_floor", sys.executable)
@@ -1028,15 +1136,15 @@ class PeerBench:
                 reason = self.pg.error
             if reason:
                 _say(f"  {peer.name}: skipped: {first_line(reason)}")
-                out["peers"][peer.name] = {**entry, "status": "skipped", "reason": reason}
+                out["systems"][peer.name] = {**entry, "status": "skipped", "reason": reason}
                 continue
             try:
                 result = self.quietest(peer.name, lambda label, p=peer: self.peer_once(p, label))
-                out["peers"][peer.name] = {**entry, "status": "ok", **result}
+                out["systems"][peer.name] = {**entry, "status": "ok", **result}
             except Exception as exc:  # noqa: BLE001 - one peer failing must not stop the others
                 _say(f"\n  {peer.name}: FAILED: {exc}")
                 a.keep = True  # its logs say why
-                out["peers"][peer.name] = {**entry, "status": "error", "error": str(exc)}
+                out["systems"][peer.name] = {**entry, "status": "error", "error": str(exc)}
         out["environment"] = self.environment(versions)
         out["notes"] = self.notes
         return out
@@ -1058,14 +1166,20 @@ class PeerBench:
 
     def peer_once(self, peer: Peer, label: str) -> dict[str, Any]:
         def extra(wd: Path) -> dict[str, str]:
+            env: dict[str, str] = {}
             if peer.service == "redis":
-                return self.redis_env()
-            if peer.service == "postgres":
+                env.update(self.redis_env())
+            elif peer.service == "postgres":
                 assert self.pg is not None
-                return {"BGPEERS_PG_DSN": self.pg.create(label)}
-            return {"BGPEERS_HUEY_DB": str(wd / "huey.db")}
+                env["BGPEERS_PG_DSN"] = self.pg.create(label)
+            else:
+                env["BGPEERS_HUEY_DB"] = str(wd / "huey.db")
+            if peer.ours:
+                env.update(bgjobs_env(wd, env.get("BGPEERS_PG_DSN"), self.args.concurrency))
+            return env
 
-        return self.child(str(VENV / "bin" / "python"), peer.name, label, extra)
+        python = sys.executable if peer.ours else str(VENV / "bin" / "python")
+        return self.child(python, peer.name, label, extra)
 
     def environment(self, versions: dict[str, str]) -> dict[str, Any]:
         def git(*cmd: str) -> str:
@@ -1080,7 +1194,7 @@ class PeerBench:
         return {
             "python": platform.python_version(),
             "peers_venv": str(VENV),
-            "peer_versions": versions,
+            "versions": versions,
             "sqlite": sqlite3.sqlite_version,
             "redis": redis_version,
             "redis_db": self.redis_db,
@@ -1204,7 +1318,7 @@ def format_table(result: dict[str, Any]) -> str:
         "others",
     )
     rows: list[tuple[str, ...]] = []
-    for name, r in result["peers"].items():
+    for name, r in result["systems"].items():
         version = r.get("versions", {}).get(PEERS[name].dists[0], "?")
         if r["status"] != "ok":
             why = r.get("reason") or r.get("error") or ""
