@@ -1396,9 +1396,13 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     if args.phase:
         return run_phase_here(args)
+    unknown = sorted(set(args.only) - set(PEERS))
+    if unknown:
+        p.error(f"--only: unknown {', '.join(unknown)}; known: {', '.join(PEERS)}")
     # A SIGTERM must still run the cleanup in measure_all.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     options = {
