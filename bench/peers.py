@@ -474,11 +474,11 @@ class BgjobsDriver(Driver):
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
-        import benchapp
+        import bgjobs_jobs
 
         from flask_bgjobs import run_background_job
 
-        self.app = benchapp.create_app()
+        self.app = bgjobs_jobs.create_app()
         self.ctx = self.app.app_context()
         self.ctx.push()
         self.run_job = run_background_job
@@ -907,7 +907,7 @@ def bgjobs_env(wd: Path, pg_dsn: str | None, concurrency: int) -> dict[str, str]
         "BENCHAPP_INSTANCE": str(wd / "instance"),
         "BGJOBS_DATABASE_URI": uri,
         "BGJOBS_ALLOWED_JOBS": "bgjobs_jobs.Record:run",
-        "BGJOBS_APP": "benchapp:create_app()",
+        "BGJOBS_APP": "bgjobs_jobs:create_app()",
         "BGJOBS_AUTOSTART": "false",
         "BGJOBS_MAX_CONCURRENCY": str(concurrency),
         "BGJOBS_DASHBOARD": "false",
