@@ -176,12 +176,13 @@ def serve(
     parent_pid: int,
     after_fork: Callable[[], None] = lambda: None,
     forked: bool = True,
+    prepared: bool = False,
 ) -> NoReturn:
     """Run attempts in this job process until `budget` ran or the runner closes the channel.
 
     `first` is the attempt a process forked by the runner starts with (others read every
     attempt from the channel). `forked`: this process was forked, so its usage started at
-    nothing (a spawned one loaded the app first). Never returns: the process leaves with ``os._exit``, so no atexit
+    nothing (a spawned one loaded the app first). `prepared`: its parent ran `prepare_process`. Never returns: the process leaves with ``os._exit``, so no atexit
     handler or finaliser of the runner runs here.
     """
     code = 0
@@ -193,13 +194,12 @@ def serve(
         _set_parent_death_signal()
         if os.getppid() != parent_pid:  # the runner died before prctl took effect
             os._exit(1)
-        for sig in _DEFAULT_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
+        if not prepared:
+            prepare_process()
+            signal.set_wakeup_fd(-1)
         # The runner's objects came across the fork: freeze them so this process's garbage
         # collector never walks (and copies) every inherited page.
         gc.freeze()
-        _prepare_output()
         after_fork()
         enforcer = limits.Enforcer()
         work = first
@@ -240,6 +240,15 @@ _DEFAULT_SIGNALS = tuple(
     for name in ("SIGTERM", "SIGINT", "SIGCHLD", "SIGHUP", "SIGXCPU")
     if hasattr(signal, name)
 )
+
+
+def prepare_process() -> None:
+    """What a job process needs that survives ``fork``: default signal handlers and complete
+    output. A fork server does it once for all the job processes it forks (`serve` is then
+    told ``prepared``)."""
+    for sig in _DEFAULT_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    _prepare_output()
 
 
 def _prepare_output() -> None:

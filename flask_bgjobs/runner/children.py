@@ -254,6 +254,7 @@ class Children:
             allowlist=self.allowlist,
             max_params_bytes=self.max_params_bytes,
             parent_pid=server_pid,
+            prepared=True,
         )
 
     def _spawn(self) -> JobProcess:

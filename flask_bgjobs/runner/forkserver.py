@@ -20,14 +20,14 @@ a spawned or reused one: the fork server never sees a job's params.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import signal
 import socket
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from flask_bgjobs import executor
 from flask_bgjobs.launcher import kill_group
@@ -36,6 +36,14 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 #: The fork server's name in ``ps`` and ``/proc/<pid>/comm`` (15 bytes at most).
 NAME = b"bgjobs-forksrv"
+
+
+# Fixed-size binary records (no JSON): the server runs as little Python per fork as it can,
+# since every page it writes between forks is one more copy (it shares them with its children).
+_FORK = b"F"  # request: fork a job process; its channel and output come as SCM_RIGHTS
+_KILL = struct.Struct("=ci")  # request: b"K", pid
+_ANSWER = struct.Struct("=i")  # the new pid; 0 for a kill
+_EXIT = struct.Struct("=iiqd")  # pid, wait status, peak RSS (KiB), CPU seconds
 
 
 @dataclass(frozen=True)
@@ -89,27 +97,25 @@ class ForkServer:
     def fork(self, channel_fd: int, output_fd: int) -> int:
         """Have a job process forked on these descriptors; return its pid. Blocks for the fork."""
         assert self._requests is not None
-        socket.send_fds(self._requests, [b'{"op": "fork"}\n'], [channel_fd, output_fd])
-        return int(self._answer()["pid"])
+        socket.send_fds(self._requests, [_FORK], [channel_fd, output_fd])
+        return self._answer()
 
     def kill(self, pid: int) -> None:
         """SIGKILL the process group of a job process the server still has (not yet reaped)."""
         assert self._requests is not None
-        self._requests.sendall(json.dumps({"op": "kill", "pid": pid}).encode() + b"\n")
+        self._requests.sendall(_KILL.pack(b"K", pid))
         self._answer()
 
-    def _answer(self) -> dict[str, Any]:
+    def _answer(self) -> int:
         assert self._requests is not None
-        while b"\n" not in self._buffer:
+        while len(self._buffer) < _ANSWER.size:
             chunk = self._requests.recv(4096)
             if not chunk:
                 raise ConnectionError("the fork server is gone")
             self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        answer: dict[str, Any] = json.loads(line)
-        if "error" in answer:
-            raise OSError(answer["error"])
-        return answer
+        (value,) = _ANSWER.unpack_from(self._buffer)
+        self._buffer = self._buffer[_ANSWER.size :]
+        return int(value)
 
     def read_exits(self) -> list[Exit]:
         """The exits the server reported since the last call (non-blocking)."""
@@ -124,9 +130,10 @@ class ForkServer:
                 break
             data += chunk
         self._pending += data
-        lines = self._pending.split(b"\n")
-        self._pending = lines.pop()
-        return [Exit(**json.loads(line)) for line in lines if line]
+        whole = len(self._pending) - len(self._pending) % _EXIT.size
+        found = [Exit(*fields) for fields in _EXIT.iter_unpack(self._pending[:whole])]
+        self._pending = self._pending[whole:]
+        return found
 
     def stop(self) -> None:
         """Close the sockets: the server exits, and is reaped by whoever waits for it."""
@@ -149,58 +156,66 @@ def _serve(
         if prctl is not None:
             prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             prctl(_PR_SET_NAME, NAME, 0, 0, 0)  # for operators: `ps` tells it from the runner
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
+        # What every job process needs and keeps across fork, done once here for all of them.
+        executor.prepare_process()
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGCHLD, _on_child)
         mine = os.getpid()
         children: set[int] = set()
         buffer = b""
         passed: list[int] = []  # descriptors received, in order, for the fork requests
+        watch = [requests.fileno(), wake_r]
         while True:
-            ready, _, _ = select.select([requests.fileno(), wake_r], [], [])
+            ready, _, _ = select.select(watch, [], [])
             if wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
                 _reap(children, exits)
             if requests.fileno() not in ready:
                 continue
-            data, fds, _flags, _addr = socket.recv_fds(requests, 65536, 16)
+            data, fds, _flags, _addr = socket.recv_fds(requests, 4096, 16)
             if not data:
                 break  # the runner closed its end: it is leaving
             buffer += data
             passed.extend(fds)
-            while b"\n" in buffer:
-                line, _, buffer = buffer.partition(b"\n")
-                request = json.loads(line)
-                if request["op"] == "fork":
-                    channel_fd, output_fd = passed[:2]
+            while buffer:
+                if buffer[:1] == _FORK:
+                    buffer = buffer[1:]
+                    channel_fd, output_fd = passed[0], passed[1]
                     del passed[:2]
                     pid = os.fork()
                     if pid == 0:  # the job process
                         requests.close()
                         exits.close()
-                        for fd in (wake_r, wake_w):
-                            os.close(fd)
+                        os.close(wake_r)
+                        os.close(wake_w)
                         signal.set_wakeup_fd(-1)
+                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                         child(channel_fd, output_fd, mine)
                     os.close(channel_fd)
                     os.close(output_fd)
                     with contextlib.suppress(OSError):
                         os.setpgid(pid, pid)  # the job process does it too: either wins
                     children.add(pid)
-                    requests.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-                elif request["op"] == "kill":
-                    pid = int(request["pid"])
+                    requests.sendall(_ANSWER.pack(pid))
+                elif len(buffer) >= _KILL.size:
+                    _op, pid = _KILL.unpack_from(buffer)
+                    buffer = buffer[_KILL.size :]
                     if pid in children:  # not reaped yet: the id is still this process's
                         kill_group(pid, signal.SIGKILL)
-                    requests.sendall(b"{}\n")
+                    requests.sendall(_ANSWER.pack(0))
+                else:
+                    break  # the rest of a kill request is on its way
             _reap(children, exits)
     except BaseException:  # noqa: BLE001 - nothing may escape; the runner sees the sockets close
         code = 70
     os._exit(code)
+
+
+def _on_child(_signum: int, _frame: object) -> None:
+    """SIGCHLD: its only job is to make the wake-up pipe readable."""
 
 
 def _reap(children: set[int], exits: socket.socket) -> None:
@@ -212,10 +227,5 @@ def _reap(children: set[int], exits: socket.socket) -> None:
         if pid == 0:
             return
         children.discard(pid)
-        note = {
-            "pid": pid,
-            "status": status,
-            "max_rss_kb": int(usage.ru_maxrss),
-            "cpu_s": usage.ru_utime + usage.ru_stime,
-        }
-        exits.sendall(json.dumps(note).encode() + b"\n")
+        cpu = usage.ru_utime + usage.ru_stime
+        exits.sendall(_EXIT.pack(pid, status, int(usage.ru_maxrss), cpu))

@@ -252,3 +252,33 @@ def test_a_retried_expired_job_runs_instead_of_expiring_again(env: Env, bgjobs: 
     env.burst()
     assert bgjobs.get_job(job.id).status == "succeeded"
     assert len(env.marks_of("revived")) == 1
+
+
+def _job_row(i: int, now: float) -> dict[str, Any]:
+    return {
+        "class_name": J, "method_name": "noop", "params": "[]", "status": "pending",
+        "priority": i % 3, "attempts": 0, "max_attempts": 1, "delay": 0.0, "timeout": 0.0,
+        "run_at": now - i, "created_at": now, "log_incomplete": False,
+        "queue": ("mail", "default", "reports")[i % 3],
+        "concurrency_key": f"tenant-{i % 50}" if i % 2 else None,
+        "concurrency_limit": 2 if i % 2 else None,
+    }  # fmt: skip
+
+
+def test_the_claim_stays_index_backed_with_queues_and_keys_in_use(env: Env, app: Any) -> None:
+    """The claim's candidates read the partial index in claim order with 20,000 jobs in
+    queues and keys: EXPLAIN on PostgreSQL (its own planner's choice, after ANALYZE), EXPLAIN
+    QUERY PLAN on SQLite."""
+    from flask_bgjobs.models import jobs
+
+    store = app.extensions["bgjobs"].store
+    store.ensure_tables()
+    now = time.time()
+    with store.engine.begin() as conn:
+        conn.execute(jobs.insert(), [_job_row(i, now) for i in range(20_000)])
+        conn.execute(sa.text("ANALYZE bgjobs_jobs" if store.is_postgres else "ANALYZE"))
+    for queues in (None, ("mail", "default")):
+        plan = store.explain_claim(queues=queues)
+        assert "ix_bgjobs_jobs_due" in plan, plan
+        assert "Seq Scan on bgjobs_jobs j" not in plan, plan
+        assert "TEMP B-TREE" not in plan, plan  # SQLite: no sort of every waiting job
