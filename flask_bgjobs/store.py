@@ -217,6 +217,13 @@ UPDATE bgjobs_jobs SET status = 'running', attempts = attempts + 1, started_at =
     progress = NULL, progress_message = NULL
 WHERE id IN ({ids}) AND status IN ('pending', 'retrying')
 RETURNING *"""
+# The "started" event of every job just taken, read from the rows themselves: it needs no
+# answer from the take, so both travel with the COMMIT.
+_STARTED_EVENTS = """
+INSERT INTO bgjobs_events (job_id, at, kind, message, attempt)
+SELECT id, CAST(:now AS DOUBLE PRECISION), 'started', CAST(:message AS TEXT), attempts
+FROM bgjobs_jobs
+WHERE id IN ({ids}) AND status = 'running' AND lease_owner = :owner AND started_at = :now"""
 # Running jobs per concurrency key and per queue (ix_bgjobs_jobs_running_key, _queue).
 _RUNNING_PER_KEY = """
 SELECT concurrency_key AS name, count(*) AS n FROM bgjobs_jobs
@@ -289,6 +296,24 @@ _FINISH_FAILED = _FINISH.format(
     changes="status = 'failed', finished_at = :now, error = :error, traceback = :traceback"
 )
 _SET_PID = "UPDATE bgjobs_jobs SET pid = :pid WHERE " + _FENCE
+
+
+def _with_end_event(update: str) -> str:
+    """PostgreSQL: a fenced outcome and, only if it applied, the event that ends the attempt.
+
+    The same update (the rule is written once, above), in one statement with its event: what
+    a batch of outcomes sends with its COMMIT, in one round trip. SQLite, which has no round
+    trips to save, runs the two statements.
+    """
+    return (
+        f"WITH u AS ({update} RETURNING id) "
+        "INSERT INTO bgjobs_events (job_id, at, kind, message, attempt, max_rss_kb, cpu_s, output) "
+        "SELECT id, CAST(:now AS DOUBLE PRECISION), CAST(:reason AS VARCHAR), "
+        "CAST(:message AS TEXT), CAST(:attempt AS INTEGER), CAST(:max_rss_kb AS BIGINT), "
+        "CAST(:cpu_s AS DOUBLE PRECISION), CAST(:output AS TEXT) FROM u RETURNING job_id"
+    )
+
+
 _PROGRESS = (
     "UPDATE bgjobs_jobs SET progress = :percent, progress_message = :message, pid = :pid "
     "WHERE " + _FENCE
@@ -350,6 +375,7 @@ _PARAMS = {
     sql: frozenset(re.findall(r":(\w+)", sql))
     for sql in (_FINISH_SUCCEEDED, _FINISH_SHUTDOWN, _FINISH_RETRYING, _FINISH_FAILED)
 }
+_FINISH_WITH_EVENT = {sql: _with_end_event(sql) for sql in _PARAMS}
 # What each backend makes of the placeholders in the statements above. {lock}: SQLite's
 # IMMEDIATE transaction already holds the write lock. The index hints: without statistics
 # SQLite's planner reads the claim's candidates through ix_bgjobs_jobs_status_id and sorts them
@@ -436,6 +462,17 @@ def _sqlite_setup(conn: sqlite3.Connection) -> None:
 Run = Callable[[str, Any], Any]
 
 
+class Pending:
+    """The result of a statement run with ``defer``: there after the transaction commits."""
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        """Rows (dicts) for a statement with RETURNING, else the row count."""
+        return self.value
+
+
 class _RawSqlite:
     """A raw sqlite3 connection for the hot statements."""
 
@@ -468,6 +505,10 @@ class _RawSqlite:
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
+    def defer(self, sql: str, params: Any) -> Pending:
+        # In process: nothing to gain by waiting.
+        return Pending(self.run(sql, params))
+
     def run_alone(self, sql: str, params: Any) -> Any:
         # Still BEGIN IMMEDIATE: only then does SQLite queue on its busy handler.
         self.begin()
@@ -483,8 +524,34 @@ class _RawSqlite:
             self.conn.close()
 
 
+class _PgPending(Pending):
+    def __init__(self, cursor: Any, many: bool) -> None:
+        super().__init__()
+        self.cursor, self.many = cursor, many
+
+    def result(self) -> Any:
+        if self.many:
+            return self.cursor.rowcount
+        return _pg_rows(self.cursor)
+
+
+def _pg_rows(cur: Any) -> Any:
+    if cur.pgresult is None or cur.pgresult.nfields == 0:
+        return cur.rowcount
+    res = cur.pgresult
+    # From the result's own field names: cursor.description builds a Column object for every
+    # field of every result, which cost more than the statement with RETURNING *.
+    names = [res.fname(i).decode() for i in range(res.nfields)]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
 class _RawPostgres:
-    """A raw psycopg connection in autocommit mode: a lone statement is one round trip."""
+    """A raw psycopg connection in autocommit mode: a lone statement is one round trip.
+
+    A transaction runs in pipeline mode: ``BEGIN`` goes with its first statement, and the
+    statements whose results can wait (``defer``) go with the ``COMMIT``, so a claim costs two
+    round trips and recording a batch of outcomes one, however many rows they touch.
+    """
 
     def __init__(self, uri: str) -> None:
         import psycopg
@@ -492,14 +559,26 @@ class _RawPostgres:
         url = sa.engine.make_url(uri).set(drivername="postgresql")
         self.conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
         self.cur = self.conn.cursor()
+        self._context: Any = None
+        self._pipeline: Any = None
 
     def begin(self) -> None:
+        self._context = self.conn.pipeline()
+        self._pipeline = self._context.__enter__()
         self.cur.execute("BEGIN")
 
     def commit(self) -> None:
         self.cur.execute("COMMIT")
+        self._end_pipeline(None)
+
+    def _end_pipeline(self, exc: BaseException | None) -> None:
+        context, self._context, self._pipeline = self._context, None, None
+        if context is not None:
+            context.__exit__(type(exc) if exc else None, exc, None)
 
     def rollback(self) -> None:
+        with contextlib.suppress(Exception):
+            self._end_pipeline(RuntimeError("rollback"))
         with contextlib.suppress(Exception):
             if self.conn.info.transaction_status != 0:  # not IDLE
                 self.cur.execute("ROLLBACK")
@@ -507,14 +586,27 @@ class _RawPostgres:
     def run(self, sql: str, params: Any) -> Any:
         if isinstance(params, list):
             self.cur.executemany(_sql_for(POSTGRESQL, sql), params)
+            if self._pipeline is not None:
+                self._pipeline.sync()
             return self.cur.rowcount
         self.cur.execute(_sql_for(POSTGRESQL, sql), params)
-        if self.cur.description is None:
-            return self.cur.rowcount
-        names = [d.name for d in self.cur.description]
-        return [dict(zip(names, row, strict=True)) for row in self.cur.fetchall()]
+        if self._pipeline is not None:
+            self._pipeline.sync()
+        return _pg_rows(self.cur)
 
-    run_alone = run
+    def defer(self, sql: str, params: Any) -> Pending:
+        if self._pipeline is None:
+            return Pending(self.run(sql, params))
+        cur = self.conn.cursor()
+        if isinstance(params, list):
+            cur.executemany(_sql_for(POSTGRESQL, sql), params)
+            return _PgPending(cur, True)
+        cur.execute(_sql_for(POSTGRESQL, sql), params)
+        return _PgPending(cur, False)
+
+    def run_alone(self, sql: str, params: Any) -> Any:
+        self.cur.execute(_sql_for(POSTGRESQL, sql), params)
+        return _pg_rows(self.cur)
 
     def healthy(self) -> bool:
         """Open, idle, and nothing waiting on the socket.
@@ -944,17 +1036,19 @@ class Store:
         )
 
     @contextmanager
-    def _hot_write(self) -> Iterator[Run]:
+    def _hot_write(self) -> Iterator[Any]:
         """A write transaction on a raw connection, for the per-job statements.
 
-        Yields ``run(statement, params)``: rows (dicts) for a statement with RETURNING or a
-        SELECT, else the row count (``params`` a list: executemany).
+        Yields the connection: ``db.run(statement, params)`` gives rows (dicts) for a statement
+        with RETURNING or a SELECT, else the row count (``params`` a list: executemany);
+        ``db.defer(...)`` the same once the transaction committed (on PostgreSQL it travels
+        with the COMMIT).
         """
         self._prepare()
         raw = self._raw.get()
         try:
             raw.begin()
-            yield raw.run
+            yield raw
             raw.commit()
         except BaseException as exc:
             raw.rollback()
@@ -1056,44 +1150,40 @@ class Store:
         limits = dict(queue_limits or {})
         sql, params = _candidates_sql(tuple(queues) if queues else None, limits)
         expired: list[Job] = []
-        with self._hot_write() as run:
-            candidates = run(sql, params | {"now": now, "limit": limit})
+        with self._hot_write() as db:
+            candidates = db.run(sql, params | {"now": now, "limit": limit})
             stale = [c["id"] for c in candidates if _expired(c, now)]
             if stale:
                 marks = ", ".join(f":x{i}" for i in range(len(stale)))
-                gone = run(
+                gone = db.run(
                     _EXPIRE.format(ids=f" AND id IN ({marks})"),
                     {"now": now} | {f"x{i}": v for i, v in enumerate(stale)},
                 )
-                expired = self._expired_events(run, gone, now)
+                expired = self._expired_events(db.run, gone, now)
                 candidates = [c for c in candidates if c["id"] not in stale]
             if any(c["concurrency_key"] is not None or c["queue"] in limits for c in candidates):
-                candidates = self._within_limits(run, candidates, limits)
-            if not candidates:
-                rows = []
-            else:
-                marks = ", ".join(f":i{i}" for i in range(len(candidates)))
-                rows = run(
+                candidates = self._within_limits(db.run, candidates, limits)
+            took = None
+            if candidates:
+                # Both travel with the COMMIT: nothing here waits for an answer.
+                ids = {f"i{i}": c["id"] for i, c in enumerate(candidates)}
+                marks = ", ".join(f":{name}" for name in ids)
+                took = db.defer(
                     _TAKE.format(ids=marks),
                     {"now": now, "owner": owner, "expires": now + lease_seconds}
                     | {"runner_id": runner_id}
-                    | {f"i{i}": c["id"] for i, c in enumerate(candidates)},
+                    | ids,
                 )
-            if rows:
-                message = storable(f"started on {runner_id}", MAX_MESSAGE)
-                run(
-                    _INSERT_EVENT,
-                    [
-                        {
-                            "job_id": r["id"],
-                            "at": now,
-                            "kind": "started",
-                            "message": message,
-                            "attempt": r["attempts"],
-                        }
-                        for r in rows
-                    ],
+                db.defer(
+                    _STARTED_EVENTS.format(ids=marks),
+                    {
+                        "now": now,
+                        "owner": owner,
+                        "message": storable(f"started on {runner_id}", MAX_MESSAGE),
+                    }
+                    | ids,
                 )
+        rows = took.result() if took is not None else []
         if expired and on_expired is not None:
             on_expired(expired)
         claimed = [Job.from_row(r) for r in rows]
@@ -1155,8 +1245,8 @@ class Store:
         """Cancel every waiting job past its ``expires_at`` that never started (end reason
         ``expired``); return them. Runners call it with their sweeps."""
         now = time.time() if now is None else now
-        with self._hot_write() as run:
-            return self._expired_events(run, run(_EXPIRE.format(ids=""), {"now": now}), now)
+        with self._hot_write() as db:
+            return self._expired_events(db.run, db.run(_EXPIRE.format(ids=""), {"now": now}), now)
 
     def explain_claim(
         self,
@@ -1194,8 +1284,8 @@ class Store:
     def set_pids(self, owner: str, started: Sequence[tuple[int, int, int]]) -> None:
         """Record the process id of each ``(job_id, attempt, pid)`` just started, fenced."""
         if started:
-            with self._hot_write() as run:
-                run(
+            with self._hot_write() as db:
+                db.run(
                     _SET_PID,
                     [{"id": i, "attempt": a, "pid": p, "owner": owner} for i, a, p in started],
                 )
@@ -1203,8 +1293,8 @@ class Store:
     def renew(self, owner: str, lease_seconds: float, now: float | None = None) -> set[int]:
         """Extend every lease `owner` holds; return the ids it still owns."""
         now = time.time() if now is None else now
-        with self._hot_write() as run:
-            rows = run(_RENEW, {"owner": owner, "expires": now + lease_seconds})
+        with self._hot_write() as db:
+            rows = db.run(_RENEW, {"owner": owner, "expires": now + lease_seconds})
         return {r["id"] for r in rows}
 
     def owned(self, owner: str) -> set[int]:
@@ -1218,11 +1308,11 @@ class Store:
         """Record progress reports (the latest per attempt), fenced; return which applied."""
         now = time.time() if now is None else now
         applied = []
-        with self._hot_write() as run:
+        with self._hot_write() as db:
             for p in reports:
                 message = storable(p.message, MAX_PROGRESS_MESSAGE) or ""
                 ok = (
-                    run(
+                    db.run(
                         _PROGRESS,
                         {
                             "id": p.job_id,
@@ -1237,7 +1327,7 @@ class Store:
                 )
                 if ok:
                     text = f"{p.percent:g}%" + (f": {message}" if message else "")
-                    run(
+                    db.run(
                         _INSERT_EVENT,
                         {
                             "job_id": p.job_id,
@@ -1265,9 +1355,10 @@ class Store:
         """
         now = time.time() if now is None else now
         applied: list[bool] = []
-        with self._hot_write() as run:
+        pending: list[Any] = []
+        with self._hot_write() as db:
             if pids:
-                run(
+                db.defer(
                     _SET_PID,
                     [{"id": i, "attempt": a, "pid": p, "owner": owner} for i, a, p in pids],
                 )
@@ -1292,22 +1383,26 @@ class Store:
                     "traceback": storable(o.traceback, MAX_TRACEBACK, tail=True),
                     "run_at": now + (o.retry_in or 0.0),
                 }
-                ok = run(stmt, {k: params[k] for k in _PARAMS[stmt]}) == 1
+                event = {
+                    "job_id": o.job_id,
+                    "at": now,
+                    "kind": o.reason,
+                    "message": storable(o.message, MAX_MESSAGE),
+                    "attempt": o.attempt,
+                    "max_rss_kb": o.max_rss_kb,
+                    "cpu_s": o.cpu_s,
+                    "output": storable(o.output, MAX_OUTPUT, tail=True),
+                }
+                if self.is_postgres:
+                    # The update and its event in one statement, sent with the COMMIT.
+                    pending.append(db.defer(_FINISH_WITH_EVENT[stmt], params | event))
+                    continue
+                ok = db.run(stmt, {k: params[k] for k in _PARAMS[stmt]}) == 1
                 if ok:
-                    run(
-                        _INSERT_END_EVENT,
-                        {
-                            "job_id": o.job_id,
-                            "at": now,
-                            "kind": o.reason,
-                            "message": storable(o.message, MAX_MESSAGE),
-                            "attempt": o.attempt,
-                            "max_rss_kb": o.max_rss_kb,
-                            "cpu_s": o.cpu_s,
-                            "output": storable(o.output, MAX_OUTPUT, tail=True),
-                        },
-                    )
+                    db.run(_INSERT_END_EVENT, event)
                 applied.append(ok)
+        if pending:
+            applied = [bool(p.result()) for p in pending]
         return applied
 
     def reclaim_expired(
@@ -1325,8 +1420,8 @@ class Store:
         """
         now = time.time() if now is None else now
         reclaimed: list[Reclaimed] = []
-        with self._hot_write() as run:
-            rows = run(_EXPIRED, {"now": now, "except_owner": except_owner or ""})
+        with self._hot_write() as db:
+            rows = db.run(_EXPIRED, {"now": now, "except_owner": except_owner or ""})
             for row in rows:
                 job = Job.from_row(row)
                 wait = retry_in(job)
@@ -1334,7 +1429,7 @@ class Store:
                     f"lease of {job.runner_id or job.lease_owner} expired (runner lost)",
                     MAX_MESSAGE,
                 )
-                applied = run(
+                applied = db.run(
                     _RECLAIM,
                     {
                         "id": job.id,
@@ -1347,7 +1442,7 @@ class Store:
                     },
                 )
                 if applied:
-                    run(
+                    db.run(
                         _INSERT_EVENT,
                         {
                             "job_id": job.id,
@@ -1529,10 +1624,10 @@ class Store:
     def set_queue_paused(self, name: str, paused: bool, now: float | None = None) -> None:
         """Pause or resume a queue for every runner (a resume wakes them on PostgreSQL)."""
         now = time.time() if now is None else now
-        with self._hot_write() as run:
-            run(_SET_QUEUE, {"name": name, "paused": paused, "now": now})
+        with self._hot_write() as db:
+            db.run(_SET_QUEUE, {"name": name, "paused": paused, "now": now})
             if self.is_postgres and not paused:
-                run(_NOTIFY, {"payload": models.WAKE_ENQUEUED})
+                db.run(_NOTIFY, {"payload": models.WAKE_ENQUEUED})
 
     def queues(
         self, limits: Mapping[str, int], *, also: Sequence[str] = (), now: float | None = None
@@ -1577,8 +1672,8 @@ class Store:
         if not latest:
             return
         now = time.time() if now is None else now
-        with self._hot_write() as run:
-            run(
+        with self._hot_write() as db:
+            db.run(
                 _ADD_SCHEDULE,
                 [
                     {"name": n, "tick": t, "spec": spec, "now": now}
@@ -1604,25 +1699,25 @@ class Store:
         `new` ``None`` takes the tick without a job (its job could not be built).
         """
         now = time.time() if now is None else now
-        with self._hot_write() as run:
-            won = run(_TAKE_TICK, {"name": name, "tick": tick, "now": now})
+        with self._hot_write() as db:
+            won = db.run(_TAKE_TICK, {"name": name, "tick": tick, "now": now})
             if not won:
                 return None
             previous = won[0]["last_job_id"]
             if skip_if_running and previous is not None:
-                status = run(_STATUS_OF, {"id": previous})
+                status = db.run(_STATUS_OF, {"id": previous})
                 if status and status[0]["status"] in models.UNIQUE_STATUSES:
                     return Tick(tick, None, previous)
             if new is None:
                 return Tick(tick, None, None)
             values = new.values()
-            rows = run(_INSERT_JOB_ONCE, values)
+            rows = db.run(_INSERT_JOB_ONCE, values)
             if not rows:  # the index disagrees with last_tick (an edited row): trust the index
                 return None
             job_id = rows[0]["id"]
-            run(_SET_LAST_JOB, {"name": name, "id": job_id})
+            db.run(_SET_LAST_JOB, {"name": name, "id": job_id})
             if self.is_postgres:
-                run(_NOTIFY, {"payload": models.WAKE_ENQUEUED})
+                db.run(_NOTIFY, {"payload": models.WAKE_ENQUEUED})
         return Tick(tick, Job.from_row(_NEW_ROW | values | {"id": job_id}), None)
 
     def set_schedule_paused(
@@ -1632,8 +1727,8 @@ class Store:
         ticks missed while paused never run."""
         now = time.time() if now is None else now
         params = {"name": name, "paused": paused, "tick": latest_tick, "spec": spec, "now": now}
-        with self._hot_write() as run:
-            run(_PAUSE_SCHEDULE, params)
+        with self._hot_write() as db:
+            db.run(_PAUSE_SCHEDULE, params)
 
     def schedule_rows(self) -> dict[str, models.ScheduleRow]:
         """Every stored schedule, with the status of its last job."""

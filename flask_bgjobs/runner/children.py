@@ -444,6 +444,11 @@ class Children:
         return ended
 
     def _reap(self) -> None:
+        if self.server is not None:
+            # Read what the server said even if the selector has not been asked yet: an exit
+            # that happened while the runner was stopped must end its attempt before the
+            # lease check that follows can call the attempt lost.
+            self._on_exits(0)
         exits, self._server_exits = self._server_exits, []
         for note in exits:
             self._gone(note.pid, note.status, Usage(note.max_rss_kb, note.cpu_s))
