@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from flask_bgjobs import current, limits, security
-from flask_bgjobs.errors import BgJobsError, InvalidJob
+from flask_bgjobs.errors import BgJobsError, DiscardJob, InvalidJob, RetryJob
 from flask_bgjobs.limits import NO_LIMITS, Limits
 
 if TYPE_CHECKING:
@@ -46,7 +46,8 @@ MSG_JOB = "job"  # {"t": "job", "id", "attempt", "class", "method", "params", "m
 MSG_USAGE = "u"  # {"t": "u", "cpu"}: CPU used before this attempt (not in a fresh fork)
 MSG_PROGRESS = "p"  # {"t": "p", "pct", "msg"}
 MSG_OK = "ok"  # {"t": "ok", "result": JSON text or null, "note"?}
-MSG_ERROR = "err"  # {"t": "err", "error", "tb", "mem"?: true for a MemoryError}
+MSG_ERROR = "err"  # {"t": "err", "error", "tb", "mem"?: true for a MemoryError,
+#                     "discard"?: true for DiscardJob, "retry_in"?: seconds, for RetryJob}
 MSG_REJECTED = "rej"  # {"t": "rej", "error"}
 FINAL_MESSAGES = (MSG_OK, MSG_ERROR, MSG_REJECTED)
 # A final message of a reused process also carries "usage": {"rss": KiB, "cpu": seconds}, and
@@ -338,6 +339,10 @@ def run_attempt(work: Work, allowlist: security.Allowlist, max_params_bytes: int
         }
         if memory:
             error["mem"] = True
+        elif isinstance(exc, DiscardJob):
+            error["discard"] = True
+        elif isinstance(exc, RetryJob):
+            error["retry_in"] = exc.in_seconds
         return error
     message: dict[str, Any] = {"t": MSG_OK, "result": None}
     if result is not None:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from flask_bgjobs import current_job
+from flask_bgjobs import DiscardJob, RetryJob, current_job
 
 
 def _mark(name: str, text: str = "") -> None:
@@ -214,6 +214,19 @@ class Jobs:
             "self_cpu": me.ru_utime + me.ru_stime,
             "children_cpu": kids.ru_utime + kids.ru_stime,
         }
+
+    def discard(self, reason: str, tag: str = "") -> None:
+        """Give up for good: DiscardJob, whatever attempts remain."""
+        if tag:
+            _mark(tag, str(current_job.attempt))
+        raise DiscardJob(reason)
+
+    def retry_later(self, seconds: float, tag: str, times: int = 1) -> str:
+        """Ask for a retry in `seconds`, `times` times, then succeed."""
+        _mark(tag, f"{current_job.attempt} {time.time()!r}")
+        if current_job.attempt <= times:
+            raise RetryJob(seconds)
+        return "done"
 
 
 def module_function(x: int) -> int:
