@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import faulthandler
 import gc
 import inspect
@@ -28,9 +29,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from flask_bgjobs import current, limits, security
+from flask_bgjobs import current, limits, security, signals
 from flask_bgjobs.errors import BgJobsError, DiscardJob, InvalidJob, RetryJob
 from flask_bgjobs.limits import NO_LIMITS, Limits
+from flask_bgjobs.models import Job
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -41,7 +43,8 @@ MAX_TRACEBACK = 64 * 1024
 MAX_ERROR = 4000
 
 # Messages on the channel, one JSON object per line. Runner → job process:
-MSG_JOB = "job"  # {"t": "job", "id", "attempt", "class", "method", "params", "mem"?, "cpu"?}
+MSG_JOB = "job"  # {"t": "job", "id", "attempt", "class", "method", "params", "mem"?, "cpu"?,
+#                   "row"?: the claimed job's columns, for the signals' job=}
 # Job process → runner:
 MSG_USAGE = "u"  # {"t": "u", "cpu"}: CPU used before this attempt (not in a fresh fork)
 MSG_PROGRESS = "p"  # {"t": "p", "pct", "msg"}
@@ -72,6 +75,8 @@ class Work:
     method_name: str
     params_json: str
     limits: Limits = NO_LIMITS
+    #: The job as claimed, handed to the signals' receivers (``None``: they get ``job=None``).
+    job: Job | None = None
 
     def message(self) -> bytes:
         """The channel message that hands this attempt to a waiting job process."""
@@ -87,6 +92,8 @@ class Work:
             data["mem"] = self.limits.memory
         if self.limits.cpu:
             data["cpu"] = self.limits.cpu
+        if self.job is not None:
+            data["row"] = job_row(self.job)
         return (json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n").encode(
             "utf-8", "surrogatepass"
         )
@@ -94,6 +101,7 @@ class Work:
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> Work:
         """The attempt a ``job`` message describes."""
+        row = message.get("row")
         return cls(
             int(message["id"]),
             int(message["attempt"]),
@@ -101,7 +109,19 @@ class Work:
             str(message["method"]),
             str(message["params"]),
             Limits(int(message.get("mem", 0)), float(message.get("cpu", 0.0))),
+            Job(**row) if isinstance(row, dict) else None,
         )
+
+
+# The `Job` fields that travel with an attempt: every column, not the loaded history.
+_ROW_FIELDS = tuple(
+    f.name for f in dataclasses.fields(Job) if f.name not in ("events", "duplicate")
+)
+
+
+def job_row(job: Job) -> dict[str, Any]:
+    """A job's columns, as `Work.message` sends them to a reused or spawned job process."""
+    return {name: getattr(job, name) for name in _ROW_FIELDS}
 
 
 def _send(fd: int, message: dict[str, Any]) -> None:
@@ -325,6 +345,8 @@ def run_attempt(work: Work, allowlist: security.Allowlist, max_params_bytes: int
         target = security.resolve(work.class_name, work.method_name, allowlist)
     except BgJobsError as exc:
         return {"t": MSG_REJECTED, "error": _error_text(exc)}
+    app = _current_app()
+    signals.send(signals.job_started, app, job=work.job)
     try:
         result = call(target, params)
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the attempt too
@@ -343,7 +365,9 @@ def run_attempt(work: Work, allowlist: security.Allowlist, max_params_bytes: int
             error["discard"] = True
         elif isinstance(exc, RetryJob):
             error["retry_in"] = exc.in_seconds
+        signals.send(signals.job_failed, app, job=work.job, exception=exc)
         return error
+    signals.send(signals.job_succeeded, app, job=work.job, result=result)
     message: dict[str, Any] = {"t": MSG_OK, "result": None}
     if result is not None:
         encoded = encode_result(result, max_params_bytes)
@@ -352,6 +376,13 @@ def run_attempt(work: Work, allowlist: security.Allowlist, max_params_bytes: int
         else:
             message["result"] = encoded
     return message
+
+
+def _current_app() -> Flask | None:
+    """The app whose context the attempt runs in: the signals' sender."""
+    from flask import current_app, has_app_context
+
+    return current_app._get_current_object() if has_app_context() else None  # type: ignore[attr-defined]
 
 
 def call(target: Callable[..., Any], params: Any) -> Any:
