@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from flask_bgjobs import current, limits, security, signals
+from flask_bgjobs import current, limits, security, signals, typed
 from flask_bgjobs.errors import BgJobsError, DiscardJob, InvalidJob, RetryJob
 from flask_bgjobs.limits import NO_LIMITS, Limits
 from flask_bgjobs.models import Job
@@ -390,6 +390,8 @@ def call(target: Callable[..., Any], params: Any) -> Any:
 
     An ``async def`` target is run here, to the end.
     """
+    if isinstance(target, typed.JobFunction):
+        target = target.function  # its __call__ adds nothing but a frame to every traceback
     result = target(*params) if isinstance(params, list) else target(**params)
     if inspect.isawaitable(result):
         result = _await(result)

@@ -7,11 +7,11 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from flask import Flask, Response, current_app
 
-from flask_bgjobs import config, recurring, security, service
+from flask_bgjobs import config, recurring, security, service, typed
 from flask_bgjobs.cli import bgjobs_cli
 from flask_bgjobs.errors import BgJobsError, ConfigError, DatabaseBusy
 from flask_bgjobs.joblog import JobLog
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
 
 __all__ = ["EXTENSION_KEY", "BackgroundJobs", "run_background_job"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class BackgroundJobs:
@@ -169,6 +172,24 @@ class BackgroundJobs:
             unique_key=unique_key, concurrency_key=concurrency_key,
             concurrency_limit=concurrency_limit, memory_limit=memory_limit, cpu_limit=cpu_limit,
         )  # fmt: skip
+
+    def job(self, **options: Any) -> Callable[[Callable[P, R]], typed.JobFunction[P, R]]:
+        """Make a module-level function a job: ``@bgjobs.job(queue="mail")``.
+
+        The function is allowed (as with `allow`) and stays callable as it was; its
+        ``.enqueue(*args, **kwargs)`` stores a job that calls it, checked by a type checker
+        against the function's own parameters, and returns the `Job`. `options` are
+        `run_background_job`'s keywords (``queue``, ``priority``, ``retry_attempts`` …);
+        ``.with_options(...)`` adds some for one enqueue (``session=db.session``).
+        """
+        typed.check_options(options)
+
+        def decorate(func: Callable[P, R]) -> typed.JobFunction[P, R]:
+            job = typed.JobFunction(func, self.run, options)
+            self.allow(job.class_name, job.method_name)
+            return job
+
+        return decorate
 
     def log_rejected(self, class_name: object, method_name: object, exc: BaseException) -> None:
         """Write the one ``Job rejected for …`` line a refused request leaves in the error log."""
