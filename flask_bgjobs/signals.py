@@ -56,13 +56,13 @@ def send(
     signal: NamedSignal,
     sender: object,
     *,
-    on_error: Callable[[str], None] | None = None,
+    on_error: Callable[[str, str], object] | None = None,
     **kwargs: Any,
 ) -> None:
     """Send `signal`, keeping a receiver's exception away from the job.
 
     With no receiver this costs one dict lookup. A receiver that raises is reported through
-    `on_error` (given its traceback text), or on stderr, and the other receivers still run.
+    `on_error` (given a line and the traceback), or on stderr, and the other receivers still run.
     """
     if not signal.receivers:
         return
@@ -70,11 +70,8 @@ def send(
         try:
             receiver(sender, **kwargs)
         except Exception:  # noqa: BLE001 - a hook must never change the job's outcome
-            text = (
-                f"flask-bgjobs: a receiver of the {signal.name} signal raised (ignored):\n"
-                + traceback.format_exc()
-            )
+            line = f"A receiver of the {signal.name} signal raised (ignored)."
             if on_error is not None:
-                on_error(text)
+                on_error(line, traceback.format_exc())
             else:
-                sys.stderr.write(text)
+                sys.stderr.write(f"flask-bgjobs: {line}\n{traceback.format_exc()}")

@@ -215,6 +215,15 @@ class Jobs:
             "children_cpu": kids.ru_utime + kids.ru_stime,
         }
 
+    def chain(self, tag: str, n: int) -> int:
+        """Mark `n`, then enqueue the next link (n - 1) until 0."""
+        from flask_bgjobs import run_background_job
+
+        _mark(tag, str(n))
+        if n > 0:
+            run_background_job("jobapp.jobs.Jobs", "chain", [tag, n - 1])
+        return n
+
     def discard(self, reason: str, tag: str = "") -> None:
         """Give up for good: DiscardJob, whatever attempts remain."""
         if tag:
