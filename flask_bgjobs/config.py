@@ -112,6 +112,8 @@ class Settings:
     cpu_limit: float
     #: ``BGJOBS_EXECUTION``: ``"process"``, ``"inline"`` (tests) or ``"manual"`` (tests).
     execution: str
+    #: ``BGJOBS_METRICS_TOKEN``: the bearer token that opens ``<prefix>/metrics``, or ``None``.
+    metrics_token: str | None
 
 
 @dataclass(frozen=True)
@@ -722,6 +724,14 @@ KEYS: tuple[Key, ...] = (
         "'process': runners run jobs, one process per attempt. For tests: 'inline' runs each "
         "job in the enqueuing process before run_background_job returns; 'manual' stores jobs "
         "and runs them when flask_bgjobs.testing.run_jobs() is called. Neither starts a runner.",
+    ),
+    Key(
+        "BGJOBS_METRICS_TOKEN",
+        None,
+        None,
+        _optional_text,
+        "A bearer token that opens GET <prefix>/metrics to a scraper (Authorization: Bearer "
+        "<token>), beside the dashboard's own access rule. Unset: only that rule.",
     ),
 )
 
