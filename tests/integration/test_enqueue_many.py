@@ -66,21 +66,23 @@ def test_a_list_is_required(env: Env, bgjobs: Any) -> None:
     assert bgjobs.enqueue_many([]) == []
 
 
-def test_a_database_error_midway_stores_nothing(
+def test_a_failure_midway_stores_nothing(
     env: Env, bgjobs: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = store._rows_sql
-    calls: list[int] = []
+    """The rows of the first batches are inserted when the failure comes: rolled back too."""
+    real = store.NewJob.inserted
+    built: list[int] = []
 
-    def second_batch_fails(n: int, once: bool, postgres: bool) -> str:
-        calls.append(n)
-        sql = real(n, once, postgres)
-        return sql.replace("bgjobs_jobs", "no_such_table") if len(calls) == 2 else sql
+    def fails_at_550(self: store.NewJob, job_id: int) -> Any:
+        built.append(job_id)
+        if len(built) == 550:
+            raise RuntimeError("the 550th row")
+        return real(self, job_id)
 
-    monkeypatch.setattr(store, "_rows_sql", second_batch_fails)
-    with pytest.raises(Exception, match="no_such_table"):
-        bgjobs.enqueue_many(specs(600))  # 512 rows, then the rest
-    assert calls[0] == 512 and sum(bgjobs.counts().values()) == 0
+    monkeypatch.setattr(store.NewJob, "inserted", fails_at_550)
+    with pytest.raises(RuntimeError, match="the 550th row"):
+        bgjobs.enqueue_many(specs(600))  # SQLite: 512 rows, then the rest; PostgreSQL: one go
+    assert sum(bgjobs.counts().values()) == 0
 
 
 def test_unique_keys_hold_across_the_batch_and_against_stored_jobs(env: Env, bgjobs: Any) -> None:
