@@ -102,20 +102,22 @@ class Work:
     def from_message(cls, message: dict[str, Any]) -> Work:
         """The attempt a ``job`` message describes."""
         row = message.get("row")
+        params_json = str(message["params"])
         return cls(
             int(message["id"]),
             int(message["attempt"]),
             str(message["class"]),
             str(message["method"]),
-            str(message["params"]),
+            params_json,
             Limits(int(message.get("mem", 0)), float(message.get("cpu", 0.0))),
-            Job(**row) if isinstance(row, dict) else None,
+            Job(**row, params_json=params_json) if isinstance(row, dict) else None,
         )
 
 
-# The `Job` fields that travel with an attempt: every column, not the loaded history.
+# The `Job` fields that travel with an attempt: every column, not the loaded history (nor the
+# params, which the message carries already).
 _ROW_FIELDS = tuple(
-    f.name for f in dataclasses.fields(Job) if f.name not in ("events", "duplicate")
+    f.name for f in dataclasses.fields(Job) if f.name not in ("events", "duplicate", "params_json")
 )
 
 
