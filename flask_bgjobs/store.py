@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import operator
 import os
 import re
 import select
@@ -813,6 +814,10 @@ _BATCH_ROWS = 512
 # converted for psycopg once each). Positional parameters: SQLite looks a named one up among
 # those already seen, which makes a statement of 10,000 names take a quadratic 0.2 s to parse.
 _ROWS_SQL: dict[tuple[int, bool], str] = {}
+
+
+#: A row's values in the order of `_ENQUEUE_COLUMNS`, as positional parameters need them.
+_IN_COLUMN_ORDER = operator.itemgetter(*_ENQUEUE_COLUMNS)
 
 
 def _rows_sql(n: int, once: bool) -> str:
@@ -2053,9 +2058,8 @@ class Store:
         for batch in [todo] if self.is_postgres and todo else _batches(todo):
             rows = [news[i] for i in batch]
             once = any(r.unique_key is not None or r.schedule is not None for r in rows)
-            # A tuple: positional parameters (a list would mean executemany). values() lists
-            # the columns in _ENQUEUE_COLUMNS order.
-            values = [r.values().values() for r in rows]
+            # A tuple: positional parameters (a list would mean executemany).
+            values = [_IN_COLUMN_ORDER(r.values()) for r in rows]
             if self.is_postgres:
                 sql = _pg_rows_sql(once)
                 params = tuple(list(column) for column in zip(*values, strict=True))
