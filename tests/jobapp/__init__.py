@@ -19,7 +19,7 @@ from typing import Any
 
 from flask import Flask
 
-from flask_bgjobs import BackgroundJobs, signals
+from flask_bgjobs import BackgroundJobs
 
 bgjobs = BackgroundJobs()
 
@@ -51,6 +51,9 @@ def _broken(sender: Flask, **extra: Any) -> None:
 
 
 def _listen() -> None:
+    # Imported here: tests/test_schema_upgrade.py loads this app with 0.1.0, which has none.
+    from flask_bgjobs import signals
+
     for name, receiver in _RECEIVERS.items():
         getattr(signals, name).connect(receiver)
     if os.environ.get("JOBAPP_SIGNALS") == "raise":
@@ -59,6 +62,8 @@ def _listen() -> None:
 
 def stop_listening() -> None:
     """Disconnect what `create_app` connected in this process (a test's teardown)."""
+    from flask_bgjobs import signals
+
     for name, receiver in _RECEIVERS.items():
         getattr(signals, name).disconnect(receiver)
     signals.job_succeeded.disconnect(_broken)

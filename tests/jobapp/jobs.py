@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from flask_bgjobs import DiscardJob, RetryJob, current_job
+from flask_bgjobs import current_job
 
 
 def _mark(name: str, text: str = "") -> None:
@@ -226,12 +226,17 @@ class Jobs:
 
     def discard(self, reason: str, tag: str = "") -> None:
         """Give up for good: DiscardJob, whatever attempts remain."""
+        # Imported here: tests/test_schema_upgrade.py runs these jobs with 0.1.0, which has none.
+        from flask_bgjobs import DiscardJob
+
         if tag:
             _mark(tag, str(current_job.attempt))
         raise DiscardJob(reason)
 
     def retry_later(self, seconds: float, tag: str, times: int = 1) -> str:
         """Ask for a retry in `seconds`, `times` times, then succeed."""
+        from flask_bgjobs import RetryJob
+
         _mark(tag, f"{current_job.attempt} {time.time()!r}")
         if current_job.attempt <= times:
             raise RetryJob(seconds)
