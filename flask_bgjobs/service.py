@@ -1,5 +1,10 @@
 """The operations every front end shares: enqueue, retry, cancel, prune, stats, sweep.
 
+Enqueue comes in three forms (one job, many in one transaction, either inside a host app's
+SQLAlchemy session), all followed by the same steps once stored (`_stored`): the
+``job_enqueued`` signal, then a runner woken, or with ``BGJOBS_EXECUTION`` ``inline`` the job
+run here.
+
 `BackgroundJobs` (the Python API), the CLI and the dashboard all call these with the app's
 `AppState`, so a rule such as "retry re-checks the allowlist" or "a cancel wakes the runner"
 is written once. No SQL here: that is the store's.
@@ -141,6 +146,8 @@ def _app() -> Flask | None:
 
 def _enqueue_in(state: AppState, session: object, news: list[NewJob]) -> list[Job]:
     """Insert through a host session's connection; act on the jobs once it commits."""
+    if not news:
+        return []
     try:
         real = transaction.session_of(session)
         conn = transaction.connection_of(real)
