@@ -29,6 +29,14 @@ if TYPE_CHECKING:
 
 __all__ = ["KEYS", "KEY_NAMES", "Computed", "Context", "Key", "Settings", "load_settings"]
 
+# BGJOBS_EXECUTION: who runs jobs.
+#: Runners do, one job process per attempt (the default; SPEC §5).
+PROCESS = "process"
+#: The enqueuing process does, before run_background_job returns (tests).
+INLINE = "inline"
+#: Nobody, until flask_bgjobs.testing.run_jobs() runs the due ones in the calling process.
+MANUAL = "manual"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -102,6 +110,10 @@ class Settings:
     memory_limit: int
     #: ``BGJOBS_CPU_LIMIT``: CPU seconds per attempt of a job that sets none, 0 for none.
     cpu_limit: float
+    #: ``BGJOBS_EXECUTION``: ``"process"``, ``"inline"`` (tests) or ``"manual"`` (tests).
+    execution: str
+    #: ``BGJOBS_METRICS_TOKEN``: the bearer token that opens ``<prefix>/metrics``, or ``None``.
+    metrics_token: str | None
 
 
 @dataclass(frozen=True)
@@ -703,6 +715,23 @@ KEYS: tuple[Key, ...] = (
         _seconds(0),
         "CPU seconds (user + system) per attempt (RLIMIT_CPU of its process), for jobs "
         "enqueued without cpu_limit; 0 for none.",
+    ),
+    Key(
+        "BGJOBS_EXECUTION",
+        PROCESS,
+        None,
+        _choice(PROCESS, INLINE, MANUAL),
+        "'process': runners run jobs, one process per attempt. For tests: 'inline' runs each "
+        "job in the enqueuing process before run_background_job returns; 'manual' stores jobs "
+        "and runs them when flask_bgjobs.testing.run_jobs() is called. Neither starts a runner.",
+    ),
+    Key(
+        "BGJOBS_METRICS_TOKEN",
+        None,
+        None,
+        _optional_text,
+        "A bearer token that opens GET <prefix>/metrics to a scraper (Authorization: Bearer "
+        "<token>), beside the dashboard's own access rule. Unset: only that rule.",
     ),
 )
 

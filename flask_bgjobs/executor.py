@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import faulthandler
 import gc
 import inspect
@@ -28,9 +29,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from flask_bgjobs import current, limits, security
-from flask_bgjobs.errors import BgJobsError, InvalidJob
+from flask_bgjobs import current, limits, security, signals, typed
+from flask_bgjobs.errors import BgJobsError, DiscardJob, InvalidJob, RetryJob
 from flask_bgjobs.limits import NO_LIMITS, Limits
+from flask_bgjobs.models import Job
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -41,12 +43,14 @@ MAX_TRACEBACK = 64 * 1024
 MAX_ERROR = 4000
 
 # Messages on the channel, one JSON object per line. Runner → job process:
-MSG_JOB = "job"  # {"t": "job", "id", "attempt", "class", "method", "params", "mem"?, "cpu"?}
+MSG_JOB = "job"  # {"t": "job", "id", "attempt", "class", "method", "params", "mem"?, "cpu"?,
+#                   "row"?: the claimed job's columns, for the signals' job=}
 # Job process → runner:
 MSG_USAGE = "u"  # {"t": "u", "cpu"}: CPU used before this attempt (not in a fresh fork)
 MSG_PROGRESS = "p"  # {"t": "p", "pct", "msg"}
 MSG_OK = "ok"  # {"t": "ok", "result": JSON text or null, "note"?}
-MSG_ERROR = "err"  # {"t": "err", "error", "tb", "mem"?: true for a MemoryError}
+MSG_ERROR = "err"  # {"t": "err", "error", "tb", "mem"?: true for a MemoryError,
+#                     "discard"?: true for DiscardJob, "retry_in"?: seconds, for RetryJob}
 MSG_REJECTED = "rej"  # {"t": "rej", "error"}
 FINAL_MESSAGES = (MSG_OK, MSG_ERROR, MSG_REJECTED)
 # A final message of a reused process also carries "usage": {"rss": KiB, "cpu": seconds}, and
@@ -71,6 +75,8 @@ class Work:
     method_name: str
     params_json: str
     limits: Limits = NO_LIMITS
+    #: The job as claimed, handed to the signals' receivers (``None``: they get ``job=None``).
+    job: Job | None = None
 
     def message(self) -> bytes:
         """The channel message that hands this attempt to a waiting job process."""
@@ -86,6 +92,8 @@ class Work:
             data["mem"] = self.limits.memory
         if self.limits.cpu:
             data["cpu"] = self.limits.cpu
+        if self.job is not None:
+            data["row"] = job_row(self.job)
         return (json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n").encode(
             "utf-8", "surrogatepass"
         )
@@ -93,14 +101,29 @@ class Work:
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> Work:
         """The attempt a ``job`` message describes."""
+        row = message.get("row")
+        params_json = str(message["params"])
         return cls(
             int(message["id"]),
             int(message["attempt"]),
             str(message["class"]),
             str(message["method"]),
-            str(message["params"]),
+            params_json,
             Limits(int(message.get("mem", 0)), float(message.get("cpu", 0.0))),
+            Job(**row, params_json=params_json) if isinstance(row, dict) else None,
         )
+
+
+# The `Job` fields that travel with an attempt: every column, not the loaded history (nor the
+# params, which the message carries already).
+_ROW_FIELDS = tuple(
+    f.name for f in dataclasses.fields(Job) if f.name not in ("events", "duplicate", "params_json")
+)
+
+
+def job_row(job: Job) -> dict[str, Any]:
+    """A job's columns, as `Work.message` sends them to a reused or spawned job process."""
+    return {name: getattr(job, name) for name in _ROW_FIELDS}
 
 
 def _send(fd: int, message: dict[str, Any]) -> None:
@@ -335,6 +358,8 @@ def run_attempt(work: Work, allowlist: security.Allowlist, max_params_bytes: int
         target = security.resolve(work.class_name, work.method_name, allowlist)
     except BgJobsError as exc:
         return {"t": MSG_REJECTED, "error": _error_text(exc)}
+    app = _current_app()
+    signals.send(signals.job_started, app, job=work.job)
     try:
         result = call(target, params)
     except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the attempt too
@@ -349,7 +374,13 @@ def run_attempt(work: Work, allowlist: security.Allowlist, max_params_bytes: int
         }
         if memory:
             error["mem"] = True
+        elif isinstance(exc, DiscardJob):
+            error["discard"] = True
+        elif isinstance(exc, RetryJob):
+            error["retry_in"] = exc.in_seconds
+        signals.send(signals.job_failed, app, job=work.job, exception=exc)
         return error
+    signals.send(signals.job_succeeded, app, job=work.job, result=result)
     message: dict[str, Any] = {"t": MSG_OK, "result": None}
     if result is not None:
         encoded = encode_result(result, max_params_bytes)
@@ -360,11 +391,20 @@ def run_attempt(work: Work, allowlist: security.Allowlist, max_params_bytes: int
     return message
 
 
+def _current_app() -> Flask | None:
+    """The app whose context the attempt runs in: the signals' sender."""
+    from flask import current_app, has_app_context
+
+    return current_app._get_current_object() if has_app_context() else None  # type: ignore[attr-defined]
+
+
 def call(target: Callable[..., Any], params: Any) -> Any:
     """Call a resolved target with decoded params (a list: positional, a dict: keywords).
 
     An ``async def`` target is run here, to the end.
     """
+    if isinstance(target, typed.JobFunction):
+        target = target.function  # its __call__ adds nothing but a frame to every traceback
     result = target(*params) if isinstance(params, list) else target(**params)
     if inspect.isawaitable(result):
         result = _await(result)

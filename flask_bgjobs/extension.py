@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from flask import Flask, Response, current_app
 
-from flask_bgjobs import config, recurring, security, service
+from flask_bgjobs import config, recurring, security, service, typed
 from flask_bgjobs.cli import bgjobs_cli
 from flask_bgjobs.errors import BgJobsError, ConfigError, DatabaseBusy
 from flask_bgjobs.joblog import JobLog
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
 
 __all__ = ["EXTENSION_KEY", "BackgroundJobs", "run_background_job"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class BackgroundJobs:
@@ -158,6 +161,7 @@ class BackgroundJobs:
         concurrency_limit: int | None = None,
         memory_limit: int | None = None,
         cpu_limit: float | None = None,
+        session: object | None = None,
     ) -> Job:
         """Validate, store and hand a job to a runner; return the persisted `Job`.
 
@@ -168,7 +172,40 @@ class BackgroundJobs:
             timeout=timeout, queue=queue, run_at=run_at, expires_in=expires_in,
             unique_key=unique_key, concurrency_key=concurrency_key,
             concurrency_limit=concurrency_limit, memory_limit=memory_limit, cpu_limit=cpu_limit,
+            session=session,
         )  # fmt: skip
+
+    def enqueue_many(
+        self, specs: Iterable[Mapping[str, Any]], *, session: object | None = None
+    ) -> list[Job]:
+        """Store many jobs in one transaction, all or none; return their `Job` objects in order.
+
+        Each spec is a dict of `run_background_job`'s arguments: ``{"class_name": …,
+        "method_name": …, "params": …, "queue": …}``. Every spec is checked before anything is
+        stored; one bad spec stores none and raises `InvalidJob` (or `JobNotAllowed`) naming its
+        index. A ``unique_key`` held by a waiting or running job, or by an earlier spec, gives
+        that job back (``job.duplicate``). `session` joins a SQLAlchemy session's transaction,
+        for the whole batch, as in `run_background_job`.
+        """
+        return service.enqueue_many(self.state(), specs, session=session)
+
+    def job(self, **options: Any) -> Callable[[Callable[P, R]], typed.JobFunction[P, R]]:
+        """Make a module-level function a job: ``@bgjobs.job(queue="mail")``.
+
+        The function is allowed (as with `allow`) and stays callable as it was; its
+        ``.enqueue(*args, **kwargs)`` stores a job that calls it, checked by a type checker
+        against the function's own parameters, and returns the `Job`. `options` are
+        `run_background_job`'s keywords (``queue``, ``priority``, ``retry_attempts`` …);
+        ``.with_options(...)`` adds some for one enqueue (``session=db.session``).
+        """
+        typed.check_options(options)
+
+        def decorate(func: Callable[P, R]) -> typed.JobFunction[P, R]:
+            job = typed.JobFunction(func, self.run, options)
+            self.allow(job.class_name, job.method_name)
+            return job
+
+        return decorate
 
     def log_rejected(self, class_name: object, method_name: object, exc: BaseException) -> None:
         """Write the one ``Job rejected for …`` line a refused request leaves in the error log."""
@@ -330,6 +367,7 @@ def run_background_job(
     concurrency_limit: int | None = None,
     memory_limit: int | None = None,
     cpu_limit: float | None = None,
+    session: object | None = None,
 ) -> Job:
     """Run ``class_name.method_name(*params)`` in the background; return the stored `Job`.
 
@@ -345,10 +383,18 @@ def run_background_job(
     - `concurrency_key` with `concurrency_limit` (default 1): at most that many jobs with the
       key run at once, across every runner; the others wait without spending attempts.
     - `memory_limit` (bytes) and `cpu_limit` (CPU seconds) for each attempt's process.
+    - `session`: a SQLAlchemy session (``db.session``) whose transaction the job joins: it
+      exists, and runs, only if that transaction commits; runners are woken after the commit.
+      The session must use the job database (`BgJobsError` otherwise, nothing stored).
+
+    With ``BGJOBS_EXECUTION = "inline"`` (tests) the job has run, here, when this returns, and
+    the `Job` comes back in its final state; with ``"manual"`` it waits for
+    `flask_bgjobs.testing.run_jobs`.
     """
     return service.enqueue(
         get_state(), class_name, method_name, params, retry_attempts, delay, priority,
         timeout=timeout, queue=queue, run_at=run_at, expires_in=expires_in,
         unique_key=unique_key, concurrency_key=concurrency_key,
         concurrency_limit=concurrency_limit, memory_limit=memory_limit, cpu_limit=cpu_limit,
+        session=session,
     )  # fmt: skip

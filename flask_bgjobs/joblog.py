@@ -1,7 +1,9 @@
 """Log lines: the exact text of every event (SPEC §6), appending it safely, reading it back.
 
 Two files: the main log (one line per event) and the error log (one entry per failed attempt
-or rejected request, with the traceback indented by two spaces on the following lines).
+or rejected request, with the traceback indented by two spaces on the following lines). Every
+line written to either also goes to the standard logger ``flask_bgjobs`` at its level (`LOGGER`),
+so a host app's logging configuration (JSON, shipping, Sentry's logging integration) sees it.
 
 Every piece of text that could come from a user or a job (names, messages, errors, traceback
 lines) goes through :func:`_printable`, so it can never start a fake log line or carry a
@@ -14,14 +16,16 @@ here as ``EFBIG`` instead of killing the process; this module leaves signal hand
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 __all__ = [
+    "LOGGER",
     "JobLog",
     "cancelled",
     "completed",
@@ -86,6 +90,18 @@ def _number(value: float) -> str:
 # --- timestamps and messages ---------------------------------------------------------------
 
 
+class JobText(str):
+    """A message about one job: the text itself, and the job's id for the logger's record."""
+
+    __slots__ = ("job_id",)
+    job_id: int | None
+
+    def __new__(cls, text: str, job_id: object) -> JobText:
+        made = super().__new__(cls, text)
+        made.job_id = job_id if isinstance(job_id, int) and not isinstance(job_id, bool) else None
+        return made
+
+
 def timestamp(now: float | None = None) -> str:
     """Return ``[YYYY-MM-DD HH:MM:SS]`` in UTC for ``now`` (epoch seconds, default: now)."""
     moment = time.time() if now is None else now
@@ -94,23 +110,25 @@ def timestamp(now: float | None = None) -> str:
 
 def started(name: str, job_id: int, attempt: int, max_attempts: int) -> str:
     """Message for an attempt that has started."""
-    return (
+    return JobText(
         f"Job started for {_printable(name)} "
-        f"(job {_printable(job_id)}, attempt {attempt}/{max_attempts})."
+        f"(job {_printable(job_id)}, attempt {attempt}/{max_attempts}).",
+        job_id,
     )
 
 
 def progress(name: str, job_id: int, percent: float, message: str = "") -> str:
     """Message for a progress report; without a message it ends with a full stop."""
     head = f"Job progress {_number(percent)}% for {_printable(name)} (job {_printable(job_id)})"
-    return f"{head}: {_printable(message)}" if message else f"{head}."
+    return JobText(f"{head}: {_printable(message)}" if message else f"{head}.", job_id)
 
 
 def completed(name: str, job_id: int, seconds: float) -> str:
     """Message for a job that finished successfully after ``seconds``."""
-    return (
+    return JobText(
         f"Job completed successfully for {_printable(name)} "
-        f"(job {_printable(job_id)}, {seconds:.1f} s)."
+        f"(job {_printable(job_id)}, {seconds:.1f} s).",
+        job_id,
     )
 
 
@@ -118,18 +136,20 @@ def retrying(
     name: str, job_id: int, attempt: int, max_attempts: int, wait: float, error: str
 ) -> str:
     """Message for a failed attempt that will be retried after ``wait`` seconds."""
-    return (
+    return JobText(
         f"Job failed for {_printable(name)} (job {_printable(job_id)}, "
         f"attempt {attempt}/{max_attempts}); retrying in {_number(wait)} s. "
-        f"Error: {_printable(error)}"
+        f"Error: {_printable(error)}",
+        job_id,
     )
 
 
 def failed(name: str, job_id: int, attempt: int, max_attempts: int, error: str) -> str:
     """Message for a failed attempt that will not be retried."""
-    return (
+    return JobText(
         f"Job failed for {_printable(name)} (job {_printable(job_id)}, "
-        f"attempt {attempt}/{max_attempts}). Error: {_printable(error)}"
+        f"attempt {attempt}/{max_attempts}). Error: {_printable(error)}",
+        job_id,
     )
 
 
@@ -140,28 +160,33 @@ def rejected(name: str, error: str) -> str:
 
 def interrupted(name: str, job_id: int, attempt: int, max_attempts: int) -> str:
     """Message for an attempt stopped by runner shutdown without spending it."""
-    return (
+    return JobText(
         f"Job interrupted by shutdown for {_printable(name)} "
-        f"(job {_printable(job_id)}, attempt {attempt}/{max_attempts}); returned to pending."
+        f"(job {_printable(job_id)}, attempt {attempt}/{max_attempts}); returned to pending.",
+        job_id,
     )
 
 
 def expired(name: str, job_id: int) -> str:
     """Message for a job cancelled because it did not start within its ``expires_in``."""
-    return (
+    return JobText(
         f"Job expired for {_printable(name)} (job {_printable(job_id)}): not started within "
-        "its expires_in of falling due; cancelled, never run."
+        "its expires_in of falling due; cancelled, never run.",
+        job_id,
     )
 
 
 def skipped(schedule: str, tick: str, job_id: int) -> str:
     """Message for a schedule tick skipped because the previous job has not finished."""
-    return f"Schedule {_printable(schedule)} skipped for {tick}: job {job_id} has not finished."
+    return JobText(
+        f"Schedule {_printable(schedule)} skipped for {tick}: job {job_id} has not finished.",
+        job_id,
+    )
 
 
 def cancelled(name: str, job_id: int) -> str:
     """Message for a cancelled job."""
-    return f"Job cancelled for {_printable(name)} (job {_printable(job_id)})."
+    return JobText(f"Job cancelled for {_printable(name)} (job {_printable(job_id)}).", job_id)
 
 
 def error_text(exc: BaseException) -> str:
@@ -206,11 +231,43 @@ def _append(path: str, data: bytes) -> bool:
         return False
 
 
+#: The standard logger every log-file line also goes to, at its level. Records carry
+#: ``job_id`` (the job the line is about, or ``None``) and ``bgjobs_file`` (``"main"`` or
+#: ``"errors"``); an error-log entry's traceback is the record's ``exc_text``. The message is
+#: the line's text without the file's timestamp and level: the host's formatter adds its own.
+LOGGER = logging.getLogger("flask_bgjobs")
+# A library adds no handler of its own (the logging HOWTO): without the host's configuration
+# the records go nowhere, rather than to Python's last-resort stderr handler.
+LOGGER.addHandler(logging.NullHandler())
+_LEVELS = {"INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+
+
+def _emit(
+    entries: Iterable[tuple[str, str]], file: str, traceback_lines: Sequence[str] = ()
+) -> None:
+    """Hand log-file lines to `LOGGER` (escaped as in the file); never raises."""
+    try:
+        for level_name, message in entries:
+            level = _LEVELS.get(level_name, logging.INFO)
+            if not LOGGER.isEnabledFor(level):
+                continue
+            extra = {"job_id": getattr(message, "job_id", None), "bgjobs_file": file}
+            record = LOGGER.makeRecord(
+                LOGGER.name, level, __file__, 0, _printable(message), (), None, extra=extra
+            )
+            if traceback_lines:
+                record.exc_text = "\n".join(traceback_lines)
+            LOGGER.handle(record)
+    except Exception:  # noqa: BLE001 - a host's broken handler must cost a record, not a job
+        pass
+
+
 class JobLog:
     """Appends formatted lines to the main log and entries to the error log.
 
     Every method returns True when the whole text reached the file and False otherwise
     (disk full, file too large, permission denied...); none of them raises ``OSError``.
+    Every line also goes to `LOGGER`, whether or not the file took it.
     """
 
     def __init__(self, main_path: str, error_path: str) -> None:
@@ -225,7 +282,9 @@ class JobLog:
         text = "".join(
             f"{stamp} {_printable(level)}: {_printable(message)}\n" for level, message in entries
         )
-        return _append(self.main_path, text.encode("utf-8"))
+        written = _append(self.main_path, text.encode("utf-8"))
+        _emit(entries, "main")
+        return written
 
     def info(self, message: str, now: float | None = None) -> bool:
         """Append one INFO line to the main log."""
@@ -243,12 +302,16 @@ class JobLog:
         self, message: str, traceback: str | None = None, now: float | None = None
     ) -> bool:
         """Append one ERROR entry to the error log, the traceback indented below it."""
-        lines = [f"{timestamp(now)} ERROR: {_printable(message)}"]
-        if traceback:
-            for line in traceback.rstrip("\r\n").split("\n"):
-                lines.append("  " + _printable(line.removesuffix("\r")))
+        below = (
+            [_printable(line.removesuffix("\r")) for line in traceback.rstrip("\r\n").split("\n")]
+            if traceback
+            else []
+        )
+        lines = [f"{timestamp(now)} ERROR: {_printable(message)}", *("  " + x for x in below)]
         text = "\n".join(lines) + "\n"
-        return _append(self.error_path, text.encode("utf-8"))
+        written = _append(self.error_path, text.encode("utf-8"))
+        _emit([("ERROR", message)], "errors", below)
+        return written
 
 
 # --- reading ------------------------------------------------------------------------------

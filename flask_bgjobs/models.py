@@ -62,6 +62,8 @@ END_EXPIRED = "expired"
 END_MEMORY = "memory"
 #: Past its CPU limit: its process was killed by SIGXCPU (or SIGKILL) from RLIMIT_CPU.
 END_CPU = "cpu"
+#: The job raised `DiscardJob`: a failed attempt, and the job fails for good (never retried).
+END_DISCARDED = "discarded"
 END_REASONS: tuple[str, ...] = (
     END_SUCCEEDED,
     END_EXCEPTION,
@@ -75,6 +77,7 @@ END_REASONS: tuple[str, ...] = (
     END_EXPIRED,
     END_MEMORY,
     END_CPU,
+    END_DISCARDED,
 )
 
 #: Reasons that count as a failed attempt (not cancels or shutdowns, which operators chose).
@@ -87,6 +90,7 @@ ATTEMPT_FAILURES: tuple[str, ...] = (
     END_REJECTED,
     END_MEMORY,
     END_CPU,
+    END_DISCARDED,
 )
 
 #: The schema these tables describe: the head of the migrations in ``flask_bgjobs/migrations``

@@ -397,6 +397,11 @@ def _check_root(params: object) -> None:
         )
 
 
+# One encoder for every enqueue: json.dumps with these options builds a new one per call,
+# a tenth of what checking and encoding a small params list costs (enqueue_many does 10,000).
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def encode_params(params: object, max_bytes: int) -> str:
     """Validate ``params`` and return their compact JSON text; `InvalidJob` names the bad path.
 
@@ -406,7 +411,7 @@ def encode_params(params: object, max_bytes: int) -> str:
         params = []
     _check_root(params)
     _check_tree(params, max_bytes)
-    text = json.dumps(params, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = _ENCODE(params)
     size = len(text.encode("utf-8"))
     if size > max_bytes:
         _too_large(size, max_bytes, at_least=False, of=_COMPACT)

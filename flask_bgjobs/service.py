@@ -1,5 +1,10 @@
 """The operations every front end shares: enqueue, retry, cancel, prune, stats, sweep.
 
+Enqueue comes in three forms (one job, many in one transaction, either inside a host app's
+SQLAlchemy session), all followed by the same steps once stored (`_stored`): the
+``job_enqueued`` signal, then a runner woken, or with ``BGJOBS_EXECUTION`` ``inline`` the job
+run here.
+
 `BackgroundJobs` (the Python API), the CLI and the dashboard all call these with the app's
 `AppState`, so a rule such as "retry re-checks the allowlist" or "a cancel wakes the runner"
 is written once. No SQL here: that is the store's.
@@ -9,15 +14,18 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask_bgjobs import joblog, models, recurring, security
-from flask_bgjobs.errors import BgJobsError, InvalidJob
+from flask_bgjobs import config, joblog, models, recurring, security, signals, transaction
+from flask_bgjobs.errors import BgJobsError, InvalidJob, JobNotAllowed
 from flask_bgjobs.models import Job
 from flask_bgjobs.state import AppState
 from flask_bgjobs.store import NewJob, Reclaimed
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 #: Priorities and attempt counts are stored as 32-bit integers on every backend.
 INT_RANGE = (-(2**31), 2**31 - 1)
@@ -47,13 +55,16 @@ def enqueue(
     concurrency_limit: int | None = None,
     memory_limit: int | None = None,
     cpu_limit: float | None = None,
+    session: object | None = None,
 ) -> Job:
     """Validate, store and hand a job to a runner; return the persisted `Job`.
 
     Raises `InvalidJob` or `JobNotAllowed` (nothing stored, nothing imported, one line in the
     error log), or `DatabaseBusy` when SQLite stayed locked (nothing stored). With a
     ``unique_key`` already held by a waiting or running job, returns that job
-    (``job.duplicate`` is true) and stores nothing.
+    (``job.duplicate`` is true) and stores nothing. With a `session`, the job joins that
+    SQLAlchemy session's transaction (`enqueue_many` says how). With ``BGJOBS_EXECUTION``
+    ``inline`` the job has run when this returns, and comes back in its final state.
     """
     try:
         new = build(
@@ -65,10 +76,121 @@ def enqueue(
     except BgJobsError as exc:
         log_rejected(state, class_name, method_name, exc)
         raise
-    job = state.store.enqueue(new)
-    if not job.duplicate:
+    if session is not None:
+        return _enqueue_in(state, session, [new])[0]
+    return _stored(state, _app(), [state.store.enqueue(new)])[0]
+
+
+#: What an `enqueue_many` spec may hold: the arguments of `run_background_job` but `session`.
+SPEC_KEYS = frozenset(
+    {
+        "class_name", "method_name", "params", "retry_attempts", "delay", "priority",
+        "timeout", "queue", "run_at", "expires_in", "unique_key", "concurrency_key",
+        "concurrency_limit", "memory_limit", "cpu_limit",
+    }
+)  # fmt: skip
+
+
+def enqueue_many(
+    state: AppState, specs: Iterable[Mapping[str, Any]], *, session: object | None = None
+) -> list[Job]:
+    """Validate every spec, then store them all in one transaction; return the `Job` of each.
+
+    A spec is a dict of `run_background_job`'s arguments (``class_name``, ``method_name``,
+    ``params`` and any keyword). One bad spec stores none: `InvalidJob` (or `JobNotAllowed`)
+    naming its index, ``specs[3]: …``. A ``unique_key`` held by a waiting or running job, or by
+    an earlier spec of the batch, gives that job back (``job.duplicate``), as one enqueue does.
+
+    With a `session` (``db.session``) the jobs are inserted through the session's connection,
+    in its transaction: they exist, and runners are woken, only once it commits, and never if
+    it rolls back. The session must use the job database, else `BgJobsError`, nothing stored.
+    """
+    if isinstance(specs, (str, bytes, Mapping)) or not isinstance(specs, Iterable):
+        raise InvalidJob(f"enqueue_many takes a list of dicts, got {type(specs).__name__}")
+    now = time.time()
+    news = []
+    checked: set[tuple[str, str]] = set()
+    for i, spec in enumerate(specs):
+        try:
+            news.append(_build_spec(state, spec, now, checked))
+        except BgJobsError as exc:
+            names = spec if isinstance(spec, Mapping) else {}
+            log_rejected(state, names.get("class_name"), names.get("method_name"), exc)
+            raise (JobNotAllowed if isinstance(exc, JobNotAllowed) else InvalidJob)(
+                f"specs[{i}]: {exc}"
+            ) from exc
+    if session is not None:
+        return _enqueue_in(state, session, news)
+    return _stored(state, _app(), state.store.enqueue_many(news))
+
+
+def _build_spec(state: AppState, spec: object, now: float, checked: set[tuple[str, str]]) -> NewJob:
+    if not isinstance(spec, Mapping):
+        raise InvalidJob(f"a spec must be a dict, got {type(spec).__name__}")
+    if not spec.keys() <= SPEC_KEYS:
+        unknown = sorted(str(k) for k in spec if k not in SPEC_KEYS)
+        hint = " (give session= to enqueue_many itself)" if "session" in unknown else ""
+        raise InvalidJob(f"unknown keys {security.printable(', '.join(unknown))[:200]}{hint}")
+    if "class_name" not in spec or "method_name" not in spec:
+        missing = [k for k in ("class_name", "method_name") if k not in spec]
+        raise InvalidJob(f"missing {' and '.join(missing)}")
+    return build(state, **spec, now=now, checked=checked)
+
+
+def _app() -> Flask | None:
+    """The app enqueuing: the sender of `signals.job_enqueued`."""
+    from flask import current_app, has_app_context
+
+    return current_app._get_current_object() if has_app_context() else None  # type: ignore[attr-defined]
+
+
+def _enqueue_in(state: AppState, session: object, news: list[NewJob]) -> list[Job]:
+    """Insert through a host session's connection; act on the jobs once it commits."""
+    if not news:
+        return []
+    try:
+        real = transaction.session_of(session)
+        conn = transaction.connection_of(real)
+        if not state.store.reaches_us(conn):
+            raise BgJobsError(
+                "session= must use the job database (BGJOBS_DATABASE_URI), and this session's "
+                "database is another: pass db to BackgroundJobs(db=db) to keep the jobs in the "
+                "app's database, or enqueue without session=; nothing was stored"
+            )
+    except BgJobsError as exc:
+        first = news[0]
+        more = f" (and {len(news) - 1} more)" if len(news) > 1 else ""
+        log_rejected(state, first.class_name, first.method_name + more, exc)
+        raise
+    jobs = state.store.enqueue_in(conn, news)
+    app = _app()
+
+    def committed() -> None:
+        _stored(state, app, jobs)
+
+    transaction.on_commit(real, committed)
+    return jobs
+
+
+def _stored(state: AppState, app: Flask | None, jobs: list[Job]) -> list[Job]:
+    """What follows a committed enqueue: `job_enqueued`, then a runner (or an inline run).
+
+    Returns the jobs, in their final state for ``BGJOBS_EXECUTION=inline``.
+    """
+    new = [job for job in jobs if not job.duplicate]
+    for job in new:
+        signals.send(signals.job_enqueued, app, on_error=state.joblog.write_error, job=job)
+    mode = state.settings.execution
+    if not new or mode == config.MANUAL:
+        return jobs
+    if mode == config.PROCESS:
         wake(state)
-    return job
+        return jobs
+    # The job process's code, and the runner's outcome code: imported only when jobs run here.
+    from flask_bgjobs.inline import run_job
+
+    ran = {job.id: run_job(state, job.id) for job in new}
+    return [job if job.duplicate else ran[job.id] for job in jobs]
 
 
 def build(
@@ -92,16 +214,23 @@ def build(
     schedule: str | None = None,
     scheduled_for: float | None = None,
     now: float | None = None,
+    checked: set[tuple[str, str]] | None = None,
 ) -> NewJob:
     """Check every argument of an enqueue and return the row to insert; `InvalidJob` if bad.
 
     Nothing is stored or imported here (a ``"*"`` grant looks the target up in its already
-    allowed module).
+    allowed module). `checked` holds the targets already checked by this caller (a batch):
+    each is checked once.
     """
     s = state.settings
     now = time.time() if now is None else now
     # Names and allowlist; for a "*" grant, the runner's own lookup (security.resolve).
-    security.check_target(class_name, method_name, state.allowlist)
+    target = (class_name, method_name)
+    hashable = isinstance(class_name, str) and isinstance(method_name, str)
+    if checked is None or not hashable or target not in checked:
+        security.check_target(class_name, method_name, state.allowlist)
+        if checked is not None and hashable:
+            checked.add(target)
     params_json = security.encode_params(params, s.max_params_bytes)
     retries = count("retry_attempts", retry_attempts, s.default_retry_attempts)
     prio = integer("priority", priority, s.default_priority)
@@ -163,8 +292,11 @@ def wake(state: AppState, reason: str = models.WAKE_ENQUEUED) -> None:
     """Nudge this host's runners; after an enqueue, start one if none is alive.
 
     The job is committed already: a runner that cannot be woken or started must not turn a
-    stored job into an error (the caller would enqueue it again).
+    stored job into an error (the caller would enqueue it again). With ``BGJOBS_EXECUTION``
+    ``inline`` or ``manual`` no runner is woken or started.
     """
+    if state.settings.execution != config.PROCESS:
+        return
     try:
         state.launcher.nudge(reason.encode())
         if state.settings.autostart and reason == models.WAKE_ENQUEUED:
@@ -178,7 +310,7 @@ def wake(state: AppState, reason: str = models.WAKE_ENQUEUED) -> None:
 
 def ensure_runner(state: AppState) -> None:
     """Start a runner on this host unless one is alive (with ``BGJOBS_AUTOSTART``)."""
-    if not state.settings.autostart:
+    if not state.settings.autostart or state.settings.execution != config.PROCESS:
         return
     try:
         state.launcher.ensure_runner(lambda: runner_env(state))

@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
+import operator
 import os
 import re
 import select
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -454,9 +457,30 @@ def _sqlite_setup(conn: sqlite3.Connection) -> None:
     """Per-connection SQLite settings, for SQLAlchemy's connections and the raw one alike."""
     # Transactions are ours to open (BEGIN or BEGIN IMMEDIATE), never the sqlite3 module's.
     conn.isolation_level = None
-    conn.execute("PRAGMA journal_mode=WAL")
+    _use_wal(conn)
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch the database to WAL (it stays so: a property of the file), if it is not yet.
+
+    The switch needs the file to itself. A host app's transaction may hold it (a first
+    ``session=`` enqueue into a database only Flask-SQLAlchemy touched so far): then go on
+    in its present mode at once, rather than wait out the busy timeout; the next connection
+    tries again, and every connection follows once one has switched.
+    """
+    if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as exc:
+        if _busy(exc) is None:
+            raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={int(timeout)}")
 
 
 Run = Callable[[str, Any], Any]
@@ -795,6 +819,46 @@ class NewJob:
             "cpu_limit": self.cpu_limit,
         }
 
+    def inserted(self, job_id: int) -> Job:
+        """The `Job` this row is once inserted as `job_id` (what reading it back would give).
+
+        Built with one dict update rather than `Job`'s ``__init__``: a frozen dataclass sets
+        each of its 37 fields through ``object.__setattr__``, which made building the `Job`
+        objects a third of what `enqueue_many` costs per job. The object is the same.
+        """
+        job = object.__new__(Job)
+        job.__dict__.update(
+            _JOB_BLANK,
+            id=job_id,
+            class_name=self.class_name,
+            method_name=self.method_name,
+            params_json=self.params_json,
+            status=models.PENDING,
+            priority=self.priority,
+            attempts=0,
+            max_attempts=self.max_attempts,
+            delay=float(self.delay),
+            timeout=float(self.timeout),
+            run_at=self.run_at,
+            created_at=self.created_at,
+            queue=self.queue,
+            unique_key=self.unique_key,
+            concurrency_key=self.concurrency_key,
+            concurrency_limit=self.concurrency_limit,
+            expires_at=self.expires_at,
+            schedule=self.schedule,
+            scheduled_for=self.scheduled_for,
+            memory_limit=self.memory_limit,
+            cpu_limit=self.cpu_limit,
+        )
+        return job
+
+
+# Every field of a `Job` at its default: what `NewJob.inserted` starts from.
+_JOB_BLANK: dict[str, Any] = {
+    f.name: None if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(Job)
+}
+
 
 #: Every column, empty: what a row built from values alone starts from.
 _NEW_ROW: dict[str, Any] = {c.name: None for c in jobs.c} | {"log_incomplete": False}
@@ -849,6 +913,124 @@ def _counts(run: Run, sql: str, names: Sequence[str]) -> dict[str, int]:
     return {r["name"]: int(r["n"]) for r in rows}
 
 
+# -- enqueue in bulk, and in a host's transaction -------------------------------------------
+# One multi-row INSERT per batch of rows (RETURNING id and unique_key): the rows of a batch get
+# ascending ids in the order of the VALUES list (SQLite: one more than the largest rowid;
+# PostgreSQL: the identity sequence, called row by row), whatever order RETURNING lists them in,
+# so sorting them by id lines them up with the rows that went in.
+
+#: Most rows in one INSERT: 512 × 21 parameters, far below SQLite's and psycopg's limits.
+_BATCH_ROWS = 512
+# Batches are powers of two, so at most 10 statement texts exist per flavour (cached, and
+# converted for psycopg once each). Positional parameters: SQLite looks a named one up among
+# those already seen, which makes a statement of 10,000 names take a quadratic 0.2 s to parse.
+_ROWS_SQL: dict[tuple[int, bool], str] = {}
+
+
+#: A row's values in the order of `_ENQUEUE_COLUMNS`, as positional parameters need them.
+_IN_COLUMN_ORDER = operator.itemgetter(*_ENQUEUE_COLUMNS)
+
+
+def _rows_sql(n: int, once: bool) -> str:
+    """SQLite: the INSERT of `n` job rows (ON CONFLICT DO NOTHING when one has a unique key)."""
+    found = _ROWS_SQL.get((n, once))
+    if found is None:
+        row = "(" + ", ".join(["?"] * len(_ENQUEUE_COLUMNS)) + ")"
+        found = (
+            f"INSERT INTO bgjobs_jobs ({', '.join(_ENQUEUE_COLUMNS)}) VALUES "
+            f"{', '.join([row] * n)}{' ON CONFLICT DO NOTHING' if once else ''} "
+            "RETURNING id, unique_key"
+        )
+        _ROWS_SQL[(n, once)] = found
+    return found
+
+
+# PostgreSQL: one statement for any number of rows, each column an array parameter, unnested in
+# order (WITH ORDINALITY … ORDER BY: the identity sequence is called in that order). psycopg
+# converts a statement's placeholders in Python, uncached past 4 KiB: 10,000 rows of VALUES
+# cost more to convert than to insert. Text columns travel as text[]: an over-long value is
+# then an error, where a cast to varchar(n)[] would cut it.
+_PG_ROWS_SQL: dict[bool, str] = {}
+
+
+def _pg_rows_sql(once: bool) -> str:
+    found = _PG_ROWS_SQL.get(once)
+    if found is None:
+        from sqlalchemy.dialects import postgresql
+
+        def sql_type(name: str) -> str:
+            column_type = jobs.c[name].type
+            if isinstance(column_type, (sa.String, sa.Text)):
+                return "TEXT"
+            return str(column_type.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
+
+        names = ", ".join(_ENQUEUE_COLUMNS)
+        arrays = ", ".join(f"%s::{sql_type(c)}[]" for c in _ENQUEUE_COLUMNS)
+        found = (
+            f"INSERT INTO bgjobs_jobs ({names}) SELECT {names} FROM unnest({arrays}) "
+            f"WITH ORDINALITY AS t({names}, n) ORDER BY n"
+            f"{' ON CONFLICT DO NOTHING' if once else ''} RETURNING id, unique_key"
+        )
+        _PG_ROWS_SQL[once] = found
+    return found
+
+
+def _batches(indexes: list[int]) -> Iterator[list[int]]:
+    """`indexes` cut into runs of `_BATCH_ROWS`, the rest into powers of two."""
+    start = 0
+    while start < len(indexes):
+        left = len(indexes) - start
+        size = _BATCH_ROWS if left >= _BATCH_ROWS else 1 << (left.bit_length() - 1)
+        yield indexes[start : start + size]
+        start += size
+
+
+def _connection_run(conn: Connection, postgres: bool) -> Run:
+    """`run(statement, params)` over a SQLAlchemy connection (a host session's), as the raw
+    connections run the per-job statements: rows as dicts, else the row count."""
+
+    def run(sql: str, params: Any) -> Any:
+        text = _sql_for(POSTGRESQL if postgres else SQLITE, sql)
+        result = conn.exec_driver_sql(text, params)
+        if not result.returns_rows:
+            return result.rowcount
+        return [dict(row) for row in result.mappings()]
+
+    return run
+
+
+_SQLITE_FILE = "PRAGMA database_list"
+# Which PostgreSQL database a connection reaches: the same name on a server that started at the
+# same moment on the same port is the same database, whatever host name or address led there.
+_PG_IDENTITY = (
+    "SELECT current_database() AS db, current_setting('port') AS port, "
+    "CAST(pg_postmaster_start_time() AS text) AS started"
+)
+# Attempts that ended, by reason, for the metrics (cancels only of a running attempt: a job
+# cancelled while it waited ended no attempt, whatever its event's number says).
+_ATTEMPT_ENDS = """
+SELECT kind, count(*) AS n FROM bgjobs_events
+WHERE attempt IS NOT NULL
+  AND (kind IN :kinds OR (kind = 'cancelled' AND message = 'cancelled while running'))
+GROUP BY kind"""
+# Each ended attempt's duration, from its started event (as in _ATTEMPT_STATS), counted into
+# histogram buckets in SQL: one row whatever the number of events. {buckets} is one SUM per
+# upper bound; a negative duration (two hosts' clocks) counts as 0.
+_ATTEMPT_DURATIONS = """
+WITH ended AS (
+    SELECT e.at - (
+        SELECT s.at FROM bgjobs_events s
+        WHERE s.job_id = e.job_id AND s.kind = 'started' AND s.attempt = e.attempt
+            AND s.id < e.id
+        ORDER BY s.id DESC LIMIT 1
+    ) AS took
+    FROM bgjobs_events e
+    WHERE e.attempt IS NOT NULL AND e.kind IN :kinds
+),
+timed AS (SELECT CASE WHEN took < 0 THEN 0 ELSE took END AS took FROM ended WHERE took IS NOT NULL)
+SELECT COUNT(*) AS n, COALESCE(SUM(took), 0) AS total{buckets} FROM timed"""
+
+
 class Store:
     """Jobs and their events in one SQL database (SQLite or PostgreSQL)."""
 
@@ -861,6 +1043,8 @@ class Store:
         self._raw = _RawPool(
             (lambda: _RawPostgres(self.uri)) if self.is_postgres else (lambda: _RawSqlite(self.uri))
         )
+        # Engines of host sessions known to reach our database (checked once per engine).
+        self._same_database: weakref.WeakSet[Engine] = weakref.WeakSet()
 
     @property
     def is_postgres(self) -> bool:
@@ -1896,3 +2080,223 @@ class Store:
                 conn.execute(sa.select(jobs.c.id).where(jobs.c.status.in_(active)).limit(1)).first()
                 is not None
             )
+
+    # -- enqueue in bulk, and in a host's transaction ----------------------------------------
+
+    def enqueue_many(self, news: Sequence[NewJob]) -> list[Job]:
+        """Insert `pending` jobs in one transaction, all or none; return them in order.
+
+        A ``unique_key`` held by a waiting or running job, or by an earlier row of the same
+        batch, stores nothing: that job comes back, with `Job.duplicate` set (as `enqueue`).
+        """
+        if not news:
+            return []
+        with self._hot_write() as db:
+            return self._insert_jobs(db.run, news)
+
+    def enqueue_in(self, conn: Connection, news: Sequence[NewJob]) -> list[Job]:
+        """Insert jobs through `conn`, a host session's connection, inside its transaction.
+
+        They exist once that transaction commits, and never if it rolls back (on PostgreSQL
+        the ``NOTIFY`` is delivered at the commit too). `conn` must reach the job database
+        (`reaches_us`). On SQLite the insert takes the write lock for the rest of the host's
+        transaction; a lock held elsewhere past the busy timeout raises `DatabaseBusy`.
+        """
+        if not news:
+            return []
+        try:
+            self._prepare_in(conn)
+            return self._insert_jobs(_connection_run(conn, self.is_postgres), news)
+        except OperationalError as exc:
+            raise _busy(exc) or exc from exc
+
+    def _prepare_in(self, conn: Connection) -> None:
+        """`_prepare`, for a host's transaction: missing tables are created inside it.
+
+        On SQLite our own connection would wait for the write lock the host's transaction may
+        hold already; through its connection the tables commit (or roll back) with the host's
+        rows. Not remembered as ready: that transaction may still roll back.
+        """
+        if self._ready:
+            return
+        current = _version_of(conn)
+        if current is None and self.create_tables:
+            models.metadata.create_all(conn, checkfirst=True)
+            conn.execute(models.version.delete())
+            conn.execute(models.version.insert(), {"version_num": models.SCHEMA_VERSION})
+        elif current != models.SCHEMA_VERSION:
+            self._prepare()  # an upgrade, or the error saying why not: the usual way
+
+    def reaches_us(self, conn: Connection) -> bool:
+        """True when `conn` (a host session's connection) is connected to the job database.
+
+        Asked of the database itself (SQLite: the file, PostgreSQL: the database on that
+        server), so two URLs for one database agree; once per engine while the answer is yes.
+        Our side never waits for a lock: the host's transaction may hold SQLite's.
+        """
+        if conn.engine in self._same_database:
+            return True
+        if conn.dialect.name != self.backend:
+            return False
+        try:
+            if self.is_postgres:
+                theirs = tuple(conn.exec_driver_sql(_PG_IDENTITY).one())
+                with self.engine.connect() as ours:
+                    same = theirs == tuple(ours.exec_driver_sql(_PG_IDENTITY).one())
+            else:
+                files = {row[1]: row[2] for row in conn.exec_driver_sql(_SQLITE_FILE)}
+                mine = sa.engine.make_url(self.uri).database or ""
+                same = bool(files.get("main")) and os.path.realpath(
+                    files["main"]
+                ) == os.path.realpath(mine)
+        except OperationalError as exc:
+            raise _busy(exc) or exc from exc
+        if same:
+            self._same_database.add(conn.engine)
+        return same
+
+    def _insert_jobs(self, run: Run, news: Sequence[NewJob]) -> list[Job]:
+        """The rows of `news` inserted (or their unique keys' holders found) through `run`."""
+        found: list[Job | None] = [None] * len(news)
+        first_with_key: dict[str, int] = {}
+        todo: list[int] = []
+        repeats: list[tuple[int, int]] = []  # (index, the earlier index with the same key)
+        for i, new in enumerate(news):
+            if new.unique_key is not None:
+                if new.unique_key in first_with_key:
+                    repeats.append((i, first_with_key[new.unique_key]))
+                    continue
+                first_with_key[new.unique_key] = i
+            todo.append(i)
+        refused: list[int] = []  # the index said no: some other job holds the key
+        for batch in [todo] if self.is_postgres and todo else _batches(todo):
+            rows = [news[i] for i in batch]
+            once = any(r.unique_key is not None or r.schedule is not None for r in rows)
+            # A tuple: positional parameters (a list would mean executemany).
+            values = [_IN_COLUMN_ORDER(r.values()) for r in rows]
+            if self.is_postgres:
+                sql = _pg_rows_sql(once)
+                params = tuple(list(column) for column in zip(*values, strict=True))
+            else:
+                sql = _rows_sql(len(batch), once)
+                params = tuple(itertools.chain.from_iterable(values))
+            returned = sorted(run(sql, params), key=lambda r: r["id"])
+            n = 0
+            for i, row in zip(batch, rows, strict=True):
+                key = row.unique_key
+                if n < len(returned) and (key is None or returned[n]["unique_key"] == key):
+                    found[i] = row.inserted(returned[n]["id"])
+                    n += 1
+                else:
+                    refused.append(i)
+        for i in refused:
+            found[i] = self._held_or_inserted(run, news[i])
+        for i, first in repeats:
+            earlier = found[first]
+            assert earlier is not None
+            found[i] = dataclasses.replace(earlier, duplicate=True)
+        if self.is_postgres and any(j is not None and not j.duplicate for j in found):
+            run(_NOTIFY, {"payload": models.WAKE_ENQUEUED})
+        return [j for j in found if j is not None]
+
+    @staticmethod
+    def _held_or_inserted(run: Run, new: NewJob) -> Job:
+        """The job holding `new`'s unique key; or, when it ended meanwhile, `new` inserted."""
+        if new.unique_key is None:
+            raise InvalidTransition(
+                f"schedule {new.schedule!r} has a job for {models.iso(new.scheduled_for)} already"
+            )
+        values = new.values()
+        for _ in range(10):
+            held = run(_ACTIVE_WITH_KEY, {"unique_key": new.unique_key})
+            if held:
+                return dataclasses.replace(Job.from_row(held[0]), duplicate=True)
+            rows = run(_INSERT_JOB_ONCE, values)
+            if rows:
+                return Job.from_row(_NEW_ROW | values | {"id": rows[0]["id"]})
+        raise DatabaseBusy(f"unique_key {new.unique_key!r} kept changing hands; try again")
+
+    # -- attempts in the calling process (BGJOBS_EXECUTION inline or manual) ----------------
+
+    def claim_job(
+        self,
+        job_id: int,
+        *,
+        owner: str,
+        runner_id: str,
+        lease_seconds: float,
+        now: float | None = None,
+    ) -> Job | None:
+        """Take this one waiting job now, due or not, as `claim` takes jobs; ``None`` when it
+        is not waiting (finished, cancelled, running elsewhere)."""
+        now = time.time() if now is None else now
+        with self._hot_write() as db:
+            rows = db.run(
+                _TAKE.format(ids=":i0"),
+                {"now": now, "owner": owner, "expires": now + lease_seconds}
+                | {"runner_id": runner_id, "i0": job_id},
+            )
+            if rows:
+                db.run(
+                    _INSERT_EVENT,
+                    {
+                        "job_id": job_id,
+                        "at": now,
+                        "kind": "started",
+                        "message": storable(f"started on {runner_id}", MAX_MESSAGE),
+                        "attempt": rows[0]["attempts"],
+                    },
+                )
+        return Job.from_row(rows[0]) if rows else None
+
+    def pending_jobs(
+        self, class_name: str | None = None, method_name: str | None = None
+    ) -> list[Job]:
+        """Jobs in status ``pending``, oldest first, of this class (or module) and method."""
+        where = [jobs.c.status == models.PENDING]
+        if class_name is not None:
+            where.append(jobs.c.class_name == class_name)
+        if method_name is not None:
+            where.append(jobs.c.method_name == method_name)
+        with self._read() as conn:
+            rows = conn.execute(sa.select(jobs).where(*where).order_by(jobs.c.id)).mappings()
+            return [Job.from_row(r) for r in rows]
+
+    # -- metrics ------------------------------------------------------------------------------
+
+    def counts_by_queue(self) -> list[tuple[str, str, int]]:
+        """``(queue, status, jobs)`` for every pair that has jobs."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(jobs.c.queue, jobs.c.status, sa.func.count()).group_by(
+                    jobs.c.queue, jobs.c.status
+                )
+            ).all()
+        return [(str(q), str(s), int(n)) for q, s, n in rows]
+
+    def attempt_ends(self, kinds: Sequence[str]) -> dict[str, int]:
+        """Attempts that ended, by reason (of `kinds`, and cancels of running attempts)."""
+        stmt = sa.text(_ATTEMPT_ENDS).bindparams(sa.bindparam("kinds", expanding=True))
+        with self._read() as conn:
+            rows = conn.execute(stmt, {"kinds": list(kinds)}).all()
+        return {str(kind): int(n) for kind, n in rows}
+
+    def attempt_durations(
+        self, kinds: Sequence[str], bounds: Sequence[float]
+    ) -> tuple[list[int], float, int]:
+        """How long the attempts that ended (one of `kinds`) ran: per upper bound of
+        `bounds` the number that took at most that long, their total seconds, and their number.
+        """
+        sums = "".join(
+            f", SUM(CASE WHEN took <= :b{i} THEN 1 ELSE 0 END) AS le{i}" for i in range(len(bounds))
+        )
+        stmt = sa.text(_ATTEMPT_DURATIONS.format(buckets=sums)).bindparams(
+            sa.bindparam("kinds", expanding=True)
+        )
+        params: dict[str, Any] = {"kinds": list(kinds)} | {
+            f"b{i}": float(b) for i, b in enumerate(bounds)
+        }
+        with self._read() as conn:
+            row = conn.execute(stmt, params).mappings().one()
+        counts = [int(row[f"le{i}"] or 0) for i in range(len(bounds))]
+        return counts, float(row["total"] or 0.0), int(row["n"] or 0)

@@ -279,11 +279,11 @@ class Env:
         )
 
     def start_worker(
-        self, *args: str, env: dict[str, str] | None = None
+        self, *args: str, env: dict[str, str] | None = None, app: str = APP_IMPORT
     ) -> subprocess.Popen[bytes]:
         """Start ``flask bgjobs worker <args>`` in the background; killed at teardown."""
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flask", "--app", APP_IMPORT, "bgjobs", "worker", *args],
+            [sys.executable, "-m", "flask", "--app", app, "bgjobs", "worker", *args],
             cwd=self.tmp,
             env=env,
             stdout=subprocess.PIPE,

@@ -9,7 +9,7 @@ Every request under the prefix, matched or not, goes through the same three step
 added later cannot skip them:
 
 1. access (:mod:`.auth`): HTTP Basic and/or the ``@bgjobs.dashboard_auth`` callable, else only
-   a debug or testing app is served;
+   a debug or testing app is served (``/metrics`` also takes ``BGJOBS_METRICS_TOKEN``);
 2. CSRF (:mod:`.csrf`) on every method that is not GET, HEAD or OPTIONS;
 3. security headers on the response (:func:`secure_headers`).
 
@@ -30,6 +30,9 @@ from flask_bgjobs.dashboard import api, auth, csrf, present, views
 from flask_bgjobs.errors import DatabaseBusy, JobNotFound
 
 __all__ = ["CONTENT_SECURITY_POLICY", "create_blueprint", "register"]
+
+#: The Prometheus endpoint, which a bearer token (BGJOBS_METRICS_TOKEN) also opens.
+METRICS_ENDPOINT = "bgjobs.metrics"
 
 #: Scripts, styles and images from the dashboard's own static files only: no inline code,
 #: no ``unsafe-inline``, no CDN. The progress bars are ``<progress>`` elements and the chart
@@ -103,7 +106,8 @@ def is_dashboard_request() -> bool:
 def _guard() -> Response | None:
     if not is_dashboard_request():
         return None
-    refused = auth.check_access()
+    scraper = request.endpoint == METRICS_ENDPOINT and auth.bearer_admits()
+    refused = None if scraper else auth.check_access()
     if refused is not None:
         return refused
     exc = request.routing_exception

@@ -3,7 +3,8 @@
 ``GET /api/jobs`` → ``{"jobs": [...], "total": N, "page": P, "per_page": K}``;
 ``GET /api/jobs/<id>`` → the job with its ``events``; ``GET /api/stats`` →
 ``{"counts": {...}, "throughput": [...]}``; ``GET /api/logs`` → the log viewer's entries;
-``GET /api/queues`` → ``{"queues": [...]}``; ``GET /api/schedules`` → ``{"schedules": [...]}``.
+``GET /api/queues`` → ``{"queues": [...]}``; ``GET /api/schedules`` → ``{"schedules": [...]}``;
+``GET /metrics`` → the Prometheus text format (`flask_bgjobs.metrics`).
 The actions answer like the pages' buttons do, but with status codes: 404 for an unknown
 job (or a queue name no queue can have, or an unknown recurring job), 409 when the job's
 status forbids the action (or the allowlist refuses a retry). They need the CSRF token of a
@@ -17,7 +18,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from werkzeug.wrappers import Response
 
-from flask_bgjobs import service
+from flask_bgjobs import metrics, service
 from flask_bgjobs.dashboard import inputs, logs, present
 from flask_bgjobs.dashboard.views import JOB_ID, state
 from flask_bgjobs.errors import InvalidJob, InvalidTransition, JobNotAllowed, JobNotFound
@@ -39,6 +40,7 @@ def add_routes(bp: Blueprint) -> None:
         "/api/queues/<queue>/resume", "api_queue_resume", resume_queue, methods=["POST"]
     )
     bp.add_url_rule("/api/schedules", "api_schedules", schedules)
+    bp.add_url_rule("/metrics", "metrics", prometheus)
     bp.add_url_rule(
         "/api/schedules/<name>/pause", "api_schedule_pause", pause_schedule, methods=["POST"]
     )
@@ -66,6 +68,16 @@ def job(job_id: int) -> Response:
         return jsonify(state().store.get(job_id, with_events=True).to_dict())
     except JobNotFound:
         return _error(404, f"No job with id {job_id}.")
+
+
+def prometheus() -> Response:
+    """Every metric in the Prometheus text format; 501 saying what to install without
+    ``prometheus_client``."""
+    try:
+        body, content_type = metrics.exposition(state(), request.headers.get("Accept", ""))
+    except metrics.MetricsUnavailable as exc:
+        return Response(f"{exc}\n", status=501, mimetype="text/plain")
+    return Response(body, content_type=content_type)
 
 
 def stats() -> Response:

@@ -7,6 +7,9 @@
 - Both configured: both must admit the request (each guard only ever adds a condition).
 - Neither: only an app in debug or testing mode serves the dashboard; any other answers 403
   with the line below on how to configure access.
+
+``GET <prefix>/metrics`` is also open to ``Authorization: Bearer <BGJOBS_METRICS_TOKEN>``
+(`bearer_admits`), for a Prometheus scraper that has no dashboard login.
 """
 
 from __future__ import annotations
@@ -51,6 +54,18 @@ def check_access() -> Response | None:
     if user is None and callback is None and not (current_app.debug or current_app.testing):
         return present.error_response(403, LOCKED, plain=True)
     return None
+
+
+def bearer_admits() -> bool:
+    """True when the request carries ``Authorization: Bearer`` with ``BGJOBS_METRICS_TOKEN``."""
+    token = current_app.extensions["bgjobs"].settings.metrics_token
+    if not token:
+        return False
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return False
+    # Digests of equal length: the comparison time says nothing about the token.
+    return hmac.compare_digest(_digest(given.strip()), _digest(token))
 
 
 def _basic_matches(user: str, password: str) -> bool:

@@ -35,6 +35,7 @@ END_REASON_TEXT: dict[str, str] = {
     models.END_MEMORY: "ran out of memory",
     models.END_CPU: "CPU limit exceeded",
     models.END_EXPIRED: "expired: not started within its expires_in, never run",
+    models.END_DISCARDED: "discarded by the job (DiscardJob): failed, never retried",
 }
 
 #: One-line meaning of each status, shown as a tooltip next to the label.

@@ -182,7 +182,9 @@ class Children:
             default_memory=self.memory_limit,
             default_cpu=self.cpu_limit,
         )
-        work = Work(job.id, job.attempts, job.class_name, job.method_name, job.params_json, limits)
+        work = Work(
+            job.id, job.attempts, job.class_name, job.method_name, job.params_json, limits, job
+        )
         if self.idle:
             proc = self.idle.pop()
             proc.budget -= 1

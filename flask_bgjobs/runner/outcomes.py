@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask_bgjobs import joblog, models, security
-from flask_bgjobs.errors import DatabaseBusy, InvalidJob
+from flask_bgjobs.errors import MAX_RETRY_IN, DatabaseBusy, InvalidJob
 from flask_bgjobs.executor import MSG_ERROR, MSG_OK, MSG_PROGRESS, MSG_REJECTED, MSG_USAGE
 from flask_bgjobs.limits import NO_LIMITS, Limits, size_text
 from flask_bgjobs.models import Job
@@ -130,6 +130,10 @@ def _parse_report(
         }
         if message.get("mem") is True:
             error["mem"] = True
+        elif message.get("discard") is True:
+            error["discard"] = True
+        elif (retry_in := _seconds(message.get("retry_in"))) is not None:
+            error["retry_in"] = min(retry_in, MAX_RETRY_IN)
         return error
     if kind == MSG_REJECTED:
         return {"t": kind, "error": _text(message.get("error"), MAX_ERROR)}
@@ -200,6 +204,7 @@ def classify(
     kind = final.get("t") if final else None
     exited_cleanly = status is None or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
     tb: str | None = None
+    asked: float | None = None  # the wait a RetryJob asked for
     if killed == KILLED_TIMEOUT:
         reason, error = models.END_TIMEOUT, f"timeout after {job.timeout:g} s"
     elif kind == MSG_OK and exited_cleanly:
@@ -216,6 +221,10 @@ def classify(
     elif kind == MSG_ERROR:
         assert final is not None
         reason, error, tb = models.END_EXCEPTION, str(final["error"]), final.get("tb")
+        if final.get("discard"):
+            # The job said so: failed for good, whatever attempts remain.
+            return outcome(models.END_DISCARDED, error, error=error, traceback=tb)
+        asked = final.get("retry_in")
         if final.get("mem") or error.startswith("MemoryError"):
             reason = models.END_MEMORY
             if limits.memory:
@@ -223,6 +232,8 @@ def classify(
     else:
         reason, error = _death(status, limits, usage, output)
     wait = retry_in(job)
+    if wait is not None and asked is not None:
+        wait = float(asked)  # RetryJob(in_seconds): its own wait, while attempts remain
     message = error if wait is None else f"{error}; retrying in {wait:.1f} s"
     return outcome(reason, message, error=error, traceback=tb, retry_in=wait)
 

@@ -177,7 +177,7 @@ def test_with_no_access_configured_every_route_is_403_outside_debug_and_testing(
     endpoints = {r.endpoint for r in dashboard_rules(app)}
     assert {"bgjobs.overview", "bgjobs.jobs", "bgjobs.job", "bgjobs.logs"} <= endpoints
     assert {"bgjobs.retry", "bgjobs.cancel", "bgjobs.retry_failed", "bgjobs.static"} <= endpoints
-    assert {"bgjobs.api_jobs", "bgjobs.api_job", "bgjobs.api_stats"} <= endpoints
+    assert {"bgjobs.api_jobs", "bgjobs.api_job", "bgjobs.api_stats", "bgjobs.metrics"} <= endpoints
     assert {"bgjobs.queues", "bgjobs.queue_pause", "bgjobs.queue_resume"} <= endpoints
     assert {"bgjobs.schedules", "bgjobs.schedule_pause", "bgjobs.schedule_resume"} <= endpoints
     assert {"bgjobs.api_queues", "bgjobs.api_queue_pause", "bgjobs.api_queue_resume"} <= endpoints

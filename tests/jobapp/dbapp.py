@@ -1,7 +1,8 @@
 """A test app whose jobs use the app's own Flask-SQLAlchemy database (``db=`` shared).
 
 Run by runners as ``jobapp.dbapp:create_app()``; configured by the environment like
-`jobapp.create_app`.
+`jobapp.create_app`. Its orders and their confirmation job are the transactional-enqueue
+example of docs/transactions.md.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Mapped, mapped_column
 
-from flask_bgjobs import BackgroundJobs
+from flask_bgjobs import BackgroundJobs, DiscardJob
+from jobapp.jobs import _mark
 
 db = SQLAlchemy()
 bgjobs = BackgroundJobs(db=db)
@@ -31,6 +33,21 @@ class Notes:
         db.session.add(Note(text=text, pid=os.getpid()))
         db.session.commit()
         return int(db.session.query(Note).count())
+
+
+class Order(db.Model):  # type: ignore[name-defined,misc]
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item: Mapped[str]
+
+
+@bgjobs.job(retry_attempts=0)
+def send_confirmation(order_id: int) -> str:
+    """The job enqueued in the order's own transaction: it finds the order, or gives up."""
+    order = db.session.get(Order, order_id)
+    if order is None:
+        raise DiscardJob(f"order {order_id} does not exist")
+    _mark("confirmations", f"{order_id} {order.item} {os.getpid()}")
+    return f"confirmed {order.item}"
 
 
 def create_app() -> Flask:

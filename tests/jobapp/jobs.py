@@ -218,6 +218,33 @@ class Jobs:
             "children_cpu": kids.ru_utime + kids.ru_stime,
         }
 
+    def chain(self, tag: str, n: int) -> int:
+        """Mark `n`, then enqueue the next link (n - 1) until 0."""
+        from flask_bgjobs import run_background_job
+
+        _mark(tag, str(n))
+        if n > 0:
+            run_background_job("jobapp.jobs.Jobs", "chain", [tag, n - 1])
+        return n
+
+    def discard(self, reason: str, tag: str = "") -> None:
+        """Give up for good: DiscardJob, whatever attempts remain."""
+        # Imported here: tests/test_schema_upgrade.py runs these jobs with 0.1.0, which has none.
+        from flask_bgjobs import DiscardJob
+
+        if tag:
+            _mark(tag, str(current_job.attempt))
+        raise DiscardJob(reason)
+
+    def retry_later(self, seconds: float, tag: str, times: int = 1) -> str:
+        """Ask for a retry in `seconds`, `times` times, then succeed."""
+        from flask_bgjobs import RetryJob
+
+        _mark(tag, f"{current_job.attempt} {time.time()!r}")
+        if current_job.attempt <= times:
+            raise RetryJob(seconds)
+        return "done"
+
 
 def module_function(x: int) -> int:
     """A module-level function job: ``jobapp.jobs::module_function``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import logging
 import multiprocessing
 import os
 import re
@@ -443,3 +444,123 @@ def test_parse_line_round_trips_written_lines(log: JobLog) -> None:
         "INFO",
         f"Job started for {NAME} (job 17, attempt 1/4).",
     )
+
+
+# --- the standard logger ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    """What reaches ``logging.getLogger("flask_bgjobs")`` at INFO and above."""
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    logger = logging.getLogger("flask_bgjobs")
+    handler, before = Keep(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield seen
+    logger.removeHandler(handler)
+    logger.setLevel(before)
+
+
+def test_every_main_log_line_reaches_the_logger_at_its_level_with_its_job_id(
+    log: JobLog, records: list[logging.LogRecord]
+) -> None:
+    log.write(
+        [
+            ("INFO", joblog.started(NAME, 17, 1, 4)),
+            ("WARNING", joblog.retrying(NAME, 18, 1, 4, 10, "ValueError: bad row")),
+            ("ERROR", joblog.failed(NAME, 18, 4, 4, "ValueError: bad row")),
+            ("INFO", "Runner host:1 started (pid 1, concurrency 2)."),
+        ],
+        now=AT_12_30_00,
+    )
+    file_lines = [joblog.parse_line(x)[1:] for x in read(log.main_path).splitlines()]
+    seen = [(r.levelname, r.getMessage()) for r in records]
+    assert seen == file_lines  # the same level and text, without the file's timestamp
+    assert [r.levelno for r in records] == [logging.INFO, logging.WARNING, logging.ERROR, 20]
+    assert [getattr(r, "job_id", "?") for r in records] == [17, 18, 18, None]
+    assert {getattr(r, "bgjobs_file", "?") for r in records} == {"main"}
+    assert all(r.name == "flask_bgjobs" for r in records)
+
+
+def test_an_error_log_entry_reaches_the_logger_with_its_traceback(
+    log: JobLog, records: list[logging.LogRecord]
+) -> None:
+    tb = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad row\n'
+    log.write_error(joblog.failed(NAME, 18, 4, 4, "ValueError: bad row"), tb)
+    [record] = records
+    extras = record.__dict__
+    assert (record.levelno, extras["job_id"], extras["bgjobs_file"]) == (
+        logging.ERROR,
+        18,
+        "errors",
+    )
+    assert record.getMessage() == joblog.failed(NAME, 18, 4, 4, "ValueError: bad row")
+    assert record.exc_text == tb.rstrip("\n")  # as raised: not indented like the file
+    formatted = logging.Formatter("%(levelname)s %(message)s").format(record)
+    assert formatted.endswith("\nValueError: bad row")  # a handler shows the traceback too
+
+
+def test_the_logger_gets_the_escaped_text_never_raw_control_characters(
+    log: JobLog, records: list[logging.LogRecord]
+) -> None:
+    log.write([("WARNING", joblog.progress(NAME, 3, 10, HOSTILE))])
+    log.write_error(joblog.rejected(NAME, HOSTILE), HOSTILE)
+    for record in records:
+        assert not RAW_CONTROL_RE.search(record.getMessage())
+        assert not RAW_CONTROL_RE.search(record.exc_text or "")
+        assert "\n" not in record.getMessage()
+
+
+def test_a_message_with_percent_signs_is_not_formatted_again(
+    log: JobLog, records: list[logging.LogRecord]
+) -> None:
+    log.write([("INFO", joblog.progress(NAME, 3, 40, "100%s done %(x)s"))])
+    assert records[0].getMessage().endswith("(job 3): 100%s done %(x)s")
+
+
+def test_a_level_the_host_turned_off_costs_no_record(log: JobLog) -> None:
+    seen: list[logging.LogRecord] = []
+    logger = logging.getLogger("flask_bgjobs")
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    before = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        log.write([("INFO", "quiet"), ("WARNING", "loud")])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+    assert [r.getMessage() for r in seen] == ["loud"]
+
+
+def test_a_broken_handler_costs_a_record_never_the_write(
+    log: JobLog, records: list[logging.LogRecord]
+) -> None:
+    class Broken(logging.Handler):
+        def handle(self, record: logging.LogRecord) -> bool:
+            raise RuntimeError("shipper down")
+
+    logger = logging.getLogger("flask_bgjobs")
+    broken = Broken()
+    logger.addHandler(broken)
+    try:
+        assert log.write([("ERROR", "still written")])
+    finally:
+        logger.removeHandler(broken)
+    assert read(log.main_path).endswith("ERROR: still written\n")
+
+
+def test_without_logging_configured_nothing_is_printed(tmp_path: Path) -> None:
+    code = f"""
+        from flask_bgjobs.joblog import JobLog
+        JobLog({str(tmp_path / "m.log")!r}, {str(tmp_path / "e.log")!r}).write_error("boom", "tb")
+    """
+    result = run_python(code, tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")

@@ -80,6 +80,8 @@ def test_only_the_entry_points_reach_into_the_runner() -> None:
     assert {m: d for m, d in outside.items() if d} == {
         f"{NAME}.cli": [f"{NAME}.runner"],
         f"{NAME}.extension": [f"{NAME}.runner"],
+        # BGJOBS_EXECUTION inline and manual: the runner's outcome code, run in the caller.
+        f"{NAME}.inline": [f"{NAME}.runner.health", f"{NAME}.runner.outcomes"],
     }
 
 
@@ -98,7 +100,7 @@ def test_the_store_is_the_only_module_with_sql() -> None:
 
 def test_importing_the_package_loads_no_runner_or_job_process_code() -> None:
     code = (
-        "import sys, flask_bgjobs\n"
+        "import sys, flask_bgjobs, flask_bgjobs.testing, flask_bgjobs.signals\n"
         "print('\\n'.join(m for m in sys.modules if m.startswith('flask_bgjobs')))"
     )
     loaded = subprocess.run(

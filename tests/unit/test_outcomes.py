@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -267,3 +268,85 @@ def test_storable_text_keeps_the_head_or_the_tail_of_a_long_text_and_says_how_mu
     assert storable(long, 10) == "HEADaaaaaa… [498 characters cut]"
     assert storable(long, 10, tail=True) == "[498 characters cut] …aaaaaaTAIL"
     assert storable("x" * 105, 10) == "x" * 105  # within the slack for notes made upstream
+
+
+# -- DiscardJob and RetryJob -----------------------------------------------------------------
+
+DISCARD = {
+    "t": "err",
+    "error": "DiscardJob: order 7 is gone",
+    "tb": "Traceback …\n",
+    "discard": True,
+}
+
+
+def test_a_discard_fails_the_job_for_good_with_attempts_left() -> None:
+    outcome = end(DISCARD, exited(0), attempts=1, max_attempts=5)
+    assert outcome is not None
+    assert (outcome.reason, outcome.retry_in) == (models.END_DISCARDED, None)
+    assert outcome.error == outcome.message == "DiscardJob: order 7 is gone"
+    assert outcome.traceback == DISCARD["tb"]
+    assert models.END_DISCARDED in models.END_REASONS
+    assert models.END_DISCARDED in models.ATTEMPT_FAILURES  # the attempt failed
+
+
+def test_a_retry_request_replaces_the_policys_wait_while_attempts_remain() -> None:
+    asked = {"t": "err", "error": "RetryJob: retry in 30 s", "tb": None, "retry_in": 30.0}
+    outcome = end(asked, exited(0), attempts=1, max_attempts=3)
+    assert outcome is not None
+    assert (outcome.reason, outcome.retry_in) == (models.END_EXCEPTION, 30.0)
+    assert outcome.message == "RetryJob: retry in 30 s; retrying in 30.0 s"
+    # With no attempt left it fails like any other failed attempt.
+    last = end(asked, exited(0), attempts=3, max_attempts=3)
+    assert last is not None and (last.reason, last.retry_in) == (models.END_EXCEPTION, None)
+
+
+def test_a_timeout_wins_over_a_discard_or_retry_request_sent_before_the_kill() -> None:
+    outcome = end(DISCARD, signal.SIGKILL, "timeout", attempts=1, max_attempts=3)
+    assert outcome is not None and (outcome.reason, outcome.retry_in) == ("timeout", 2.0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "kept"),
+    [
+        ({"discard": True}, {"discard": True}),
+        ({"discard": 1}, {}),  # only true itself
+        ({"retry_in": 2.5}, {"retry_in": 2.5}),
+        ({"retry_in": 10**12}, {"retry_in": 10 * 365 * 86400.0}),  # capped like any delay
+        ({"retry_in": -1}, {}),
+        ({"retry_in": "soon"}, {}),
+        ({"retry_in": True}, {}),
+    ],
+)
+def test_a_job_process_may_ask_for_a_discard_or_a_retry_and_nothing_else(
+    extra: dict[str, object], kept: dict[str, object]
+) -> None:
+    parsed = parse_message(msg({**ERR, **extra}), 1024)
+    assert parsed == {**ERR, **kept}
+
+
+def test_retry_job_takes_a_number_of_seconds_only() -> None:
+    from flask_bgjobs import RetryJob
+
+    assert RetryJob(1.5).in_seconds == 1.5 and str(RetryJob(2)) == "retry in 2 s"
+    for bad in (-1, float("nan"), float("inf"), "5", True, 1e12):
+        with pytest.raises(ValueError, match="RetryJob"):
+            RetryJob(bad)  # type: ignore[arg-type]
+
+
+def test_run_attempt_turns_discard_and_retry_into_their_final_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flask_bgjobs import current, executor
+    from flask_bgjobs.security import Allowlist
+
+    monkeypatch.setenv("JOBAPP_MARKS", str(tmp_path))
+    allow = Allowlist({"jobapp.jobs.Jobs": "*"})
+    with current.running(current.JobContext(1, 1, lambda pct, text: None)):
+        work = executor.Work(1, 1, "jobapp.jobs.Jobs", "discard", '["gone"]')
+        final = executor.run_attempt(work, allow, 1 << 20)
+        assert (final["t"], final["error"], final["discard"]) == ("err", "DiscardJob: gone", True)
+        assert "raise DiscardJob(reason)" in final["tb"]
+        work = executor.Work(1, 1, "jobapp.jobs.Jobs", "retry_later", '[4.5, "unit-tag"]')
+        final = executor.run_attempt(work, allow, 1 << 20)
+    assert (final["error"], final["retry_in"]) == ("RetryJob: retry in 4.5 s", 4.5)
