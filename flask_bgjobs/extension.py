@@ -16,7 +16,7 @@ from flask_bgjobs.cli import bgjobs_cli
 from flask_bgjobs.errors import BgJobsError, ConfigError, DatabaseBusy
 from flask_bgjobs.joblog import JobLog
 from flask_bgjobs.launcher import Launcher
-from flask_bgjobs.models import Job
+from flask_bgjobs.models import Job, QueueInfo, ScheduleInfo
 from flask_bgjobs.state import EXTENSION_KEY, AppState, Registry, get_state
 from flask_bgjobs.store import Reclaimed, Store
 
@@ -222,10 +222,42 @@ class BackgroundJobs:
         return self.state().store.get(job_id, with_events=with_events)
 
     def list_jobs(
-        self, *, status: str | None = None, q: str | None = None, page: int = 1, per_page: int = 50
+        self,
+        *,
+        status: str | None = None,
+        q: str | None = None,
+        page: int = 1,
+        per_page: int = 50,
+        queue: str | None = None,
     ) -> tuple[list[Job], int]:
-        """Jobs newest first (one page) and the total that match."""
-        return service.list_jobs(self.state(), status=status, q=q, page=page, per_page=per_page)
+        """Jobs newest first (one page) and the total that match (of one `queue` if given)."""
+        return service.list_jobs(
+            self.state(), status=status, q=q, page=page, per_page=per_page, queue=queue
+        )
+
+    def queues(self) -> list[QueueInfo]:
+        """Every queue with jobs waiting or running, a limit or a pause (and the default one)."""
+        return service.queues(self.state())
+
+    def pause(self, queue: str) -> None:
+        """Stop every runner claiming jobs of `queue` (running ones finish); survives restarts."""
+        service.pause(self.state(), queue)
+
+    def resume(self, queue: str) -> None:
+        """Let runners claim jobs of `queue` again, now."""
+        service.resume(self.state(), queue)
+
+    def schedules(self) -> list[ScheduleInfo]:
+        """Every recurring job, with its next run, its last job and whether it is paused."""
+        return service.schedules(self.state())
+
+    def pause_schedule(self, name: str) -> None:
+        """Stop enqueueing the recurring job `name` on every runner until resumed."""
+        service.pause_schedule(self.state(), name)
+
+    def resume_schedule(self, name: str) -> None:
+        """Enqueue the recurring job `name` again from its next tick (missed ticks never run)."""
+        service.resume_schedule(self.state(), name)
 
     def retry(self, job_id: int) -> Job:
         """Make a failed or cancelled job pending with fresh attempts (re-checks the allowlist)."""

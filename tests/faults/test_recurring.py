@@ -189,6 +189,33 @@ def test_schedules_are_listed_and_paused_for_every_runner(
     assert unknown.returncode == 1 and "no schedule named" in unknown.stderr
 
 
+def test_the_python_api_lists_pauses_and_resumes_schedules(
+    env: Env, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jobapp
+
+    from flask_bgjobs import InvalidJob
+
+    monkeypatch.setenv("BGJOBS_SCHEDULE", json.dumps({"beat": SCHEDULE["beat"]}))
+    web = jobapp.create_app()
+    bgjobs = jobapp.bgjobs
+    with web.app_context():
+        [beat] = bgjobs.schedules()
+        assert (beat.name, beat.every, beat.paused) == ("beat", 1, False)
+        assert beat.next_run is not None
+        bgjobs.pause_schedule("beat")
+        assert env.flask("bgjobs", "schedules", "--json").stdout.count('"paused": true') == 1
+        env.burst()
+        assert ticks(app, "beat") == Counter()
+        [beat] = bgjobs.schedules()
+        assert (beat.paused, beat.next_run) == (True, None)
+        bgjobs.resume_schedule("beat")
+        assert bgjobs.schedules()[0].paused is False
+        with pytest.raises(InvalidJob, match="no schedule named"):
+            bgjobs.pause_schedule("nope")
+    web.extensions["bgjobs"].store.close()
+
+
 @pytest.mark.parametrize(
     ("spec", "field"),
     [

@@ -87,6 +87,25 @@ def test_a_paused_queue_is_not_claimed_by_any_runner_and_holds_up_no_other_queue
     assert {bgjobs.get_job(j.id).status for j in paused} == {"succeeded"}
 
 
+def test_the_python_api_lists_pauses_and_resumes_queues_like_the_cli(env: Env, bgjobs: Any) -> None:
+    waiting = run_background_job(J, "add", [1, 2], queue="mail")
+    bgjobs.pause("mail")
+    env.burst()
+    assert bgjobs.get_job(waiting.id).status == "pending"
+    found = {q.name: q for q in bgjobs.queues()}
+    assert (found["mail"].paused, found["mail"].pending) == (True, 1)
+    assert "default" in found  # the default queue is always listed
+    assert [j.id for j in bgjobs.list_jobs(queue="mail")[0]] == [waiting.id]
+    assert bgjobs.list_jobs(queue="reports") == ([], 0)
+    listed = json.loads(env.flask("bgjobs", "queues", "--json").stdout)
+    assert next(q for q in listed if q["name"] == "mail")["paused"] is True
+    bgjobs.resume("mail")
+    env.burst()
+    assert bgjobs.get_job(waiting.id).status == "succeeded"
+    with pytest.raises(InvalidJob, match="queue"):
+        bgjobs.pause("a b")
+
+
 def test_a_queue_limit_holds_across_runners(
     env: Env, bgjobs: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
