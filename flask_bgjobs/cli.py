@@ -362,7 +362,17 @@ def _print_job(job: Job) -> None:
     field("priority", job.priority)
     field("attempts", f"{job.attempts} of {job.max_attempts}")
     field("timeout", f"{job.timeout:g} s" if job.timeout else "none")
-    for key in ("created_at", "run_at", "started_at", "finished_at"):
+    field("queue", job.queue)
+    field("unique_key", job.unique_key)
+    if job.concurrency_key is not None:
+        field("concurrency_key", f"{job.concurrency_key} (limit {job.concurrency_limit})")
+    if job.schedule is not None:
+        field("schedule", f"{job.schedule} (tick {data['scheduled_for']})")
+    if job.memory_limit is not None:
+        field("memory_limit", f"{job.memory_limit} bytes")
+    if job.cpu_limit is not None:
+        field("cpu_limit", f"{job.cpu_limit:g} s")
+    for key in ("created_at", "run_at", "expires_at", "started_at", "finished_at"):
         field(key, data[key])
     if job.progress is not None:
         field(

@@ -210,7 +210,9 @@ def _integer(minimum: int | None = None, *, above: int | None = None) -> Parser:
     return parse
 
 
-def _seconds(minimum: float, *, exclusive: bool = False, optional: bool = False) -> Parser:
+def _seconds(
+    minimum: float, *, exclusive: bool = False, optional: bool = False, unit: str = "seconds"
+) -> Parser:
     bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
 
     def parse(value: object, ctx: Context) -> float | None:
@@ -225,9 +227,9 @@ def _seconds(minimum: float, *, exclusive: bool = False, optional: bool = False)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             number = float(value)
         if number is None or not math.isfinite(number):
-            raise _Invalid(f"expected a number of seconds, got {_show(value)}")
+            raise _Invalid(f"expected a number of {unit}, got {_show(value)}")
         if number < minimum or (exclusive and number == minimum):
-            raise _Invalid(f"expected a number of seconds {bound}, got {number:g}")
+            raise _Invalid(f"expected a number of {unit} {bound}, got {number:g}")
         return number
 
     return parse
@@ -688,7 +690,7 @@ KEYS: tuple[Key, ...] = (
         "BGJOBS_RETENTION_DAYS",
         0.0,
         None,
-        _seconds(0),
+        _seconds(0, unit="days"),
         "Runners delete succeeded and cancelled jobs that finished longer ago than this many "
         "days, failed ones after twice that; 0 keeps everything.",
     ),

@@ -215,6 +215,32 @@ def test_show_prints_a_job_as_readable_text_and_as_the_spec_json(env: Env, bgjob
     assert fields["params"] == '["boom"]'
     assert re.search(r"^  \S+ \S+  exception +attempt 1 +ValueError: boom$", text, re.M), text
     assert "raise ValueError(message)" in text  # the traceback, indented
+    assert fields["queue"] == "default"
+    assert "unique_key" not in fields and "expires_at" not in fields
+
+
+@pytest.mark.usefixtures("ctx")
+def test_show_prints_the_queue_keys_limits_and_expiry_a_job_was_given(
+    env: Env, bgjobs: Any
+) -> None:
+    job = run_background_job(
+        J,
+        "noop",
+        queue="mail",
+        unique_key="order-7",
+        concurrency_key="smtp",
+        concurrency_limit=2,
+        expires_in=600,
+        memory_limit=64 * 2**20,
+        cpu_limit=5,
+    )
+    text = ok(env.flask("bgjobs", "show", str(job.id)))
+    fields = dict(re.findall(r"^([a-z_]+):\s+(.*)$", text, re.M))
+    assert (fields["queue"], fields["unique_key"]) == ("mail", "order-7")
+    assert fields["concurrency_key"] == "smtp (limit 2)"
+    assert (fields["memory_limit"], fields["cpu_limit"]) == ("67108864 bytes", "5 s")
+    expires = utc(fields["expires_at"]) - utc(fields["created_at"])
+    assert 599 <= expires.total_seconds() <= 601
 
 
 # -- retry -----------------------------------------------------------------------------------

@@ -644,3 +644,13 @@ def test_computed_defaults_describe_themselves() -> None:
     database = next(key for key in KEYS if key.name == "BGJOBS_DATABASE_URI")
     assert isinstance(database.default, config.Computed)
     assert "bgjobs.db" in str(database.default)
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [("-1", "a number of days >= 0, got -1"), ("soon", "a number of days, got 'soon'")],
+)
+def test_a_bad_retention_is_refused_in_days(app: Flask, raw: str, says: str) -> None:
+    error = config_error(app, BGJOBS_RETENTION_DAYS=raw)
+    assert error.key == "BGJOBS_RETENTION_DAYS"
+    assert says in str(error)
