@@ -22,6 +22,7 @@ from flask_bgjobs.store import Reclaimed, Store
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11 on
 
 __all__ = ["EXTENSION_KEY", "BackgroundJobs", "run_background_job"]
 
@@ -189,7 +190,9 @@ class BackgroundJobs:
         """
         return service.enqueue_many(self.state(), specs, session=session)
 
-    def job(self, **options: Any) -> Callable[[Callable[P, R]], typed.JobFunction[P, R]]:
+    def job(
+        self, **options: Unpack[typed.JobOptions]
+    ) -> Callable[[Callable[P, R]], typed.JobFunction[P, R]]:
         """Make a module-level function a job: ``@bgjobs.job(queue="mail")``.
 
         The function is allowed (as with `allow`) and stays callable as it was; its

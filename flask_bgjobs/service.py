@@ -18,7 +18,16 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from flask_bgjobs import config, joblog, models, recurring, security, signals, transaction
+from flask_bgjobs import (
+    config,
+    joblog,
+    models,
+    recurring,
+    security,
+    signals,
+    transaction,
+    typed,
+)
 from flask_bgjobs.errors import BgJobsError, InvalidJob, JobNotAllowed
 from flask_bgjobs.models import Job
 from flask_bgjobs.state import AppState
@@ -82,13 +91,7 @@ def enqueue(
 
 
 #: What an `enqueue_many` spec may hold: the arguments of `run_background_job` but `session`.
-SPEC_KEYS = frozenset(
-    {
-        "class_name", "method_name", "params", "retry_attempts", "delay", "priority",
-        "timeout", "queue", "run_at", "expires_in", "unique_key", "concurrency_key",
-        "concurrency_limit", "memory_limit", "cpu_limit",
-    }
-)  # fmt: skip
+SPEC_KEYS = frozenset({"class_name", "method_name", "params"}) | (typed.OPTIONS - {"session"})
 
 
 def enqueue_many(

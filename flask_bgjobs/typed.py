@@ -24,21 +24,39 @@ import copy
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, ParamSpec, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
 from flask_bgjobs.models import Job
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11 on
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: The keywords of ``run_background_job`` a typed job takes as options.
-OPTIONS = frozenset(
-    {
-        "retry_attempts", "delay", "priority", "timeout", "queue", "run_at", "expires_in",
-        "unique_key", "concurrency_key", "concurrency_limit", "memory_limit", "cpu_limit",
-        "session",
-    }
-)  # fmt: skip
+
+class JobOptions(TypedDict, total=False):
+    """The keywords of ``run_background_job`` a typed job takes as options (``Unpack``-ed in
+    `BackgroundJobs.job` and `JobFunction.with_options`, so a type checker checks them too)."""
+
+    retry_attempts: int | None
+    delay: float | None
+    priority: int | None
+    timeout: float | None
+    queue: str | None
+    run_at: datetime | None
+    expires_in: float | None
+    unique_key: str | None
+    concurrency_key: str | None
+    concurrency_limit: int | None
+    memory_limit: int | None
+    cpu_limit: float | None
+    session: object | None
+
+
+#: The names of `JobOptions`, checked at run time (for callers no type checker saw).
+OPTIONS = frozenset(JobOptions.__annotations__)
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL)
 
@@ -56,7 +74,7 @@ class JobFunction(Generic[P, R]):
     """A module-level function that is also a job: call it, or `enqueue` it."""
 
     def __init__(
-        self, func: Callable[P, R], enqueue: Callable[..., Job], options: Mapping[str, Any]
+        self, func: Callable[P, R], enqueue: Callable[..., Job], options: Mapping[str, object]
     ) -> None:
         if not inspect.isfunction(func):
             raise TypeError(
@@ -93,7 +111,7 @@ class JobFunction(Generic[P, R]):
         params = params_of(self._signature, args, kwargs, self.method_name)
         return self._run(self.class_name, self.method_name, params, **self.options)
 
-    def with_options(self, **options: Any) -> JobFunction[P, R]:
+    def with_options(self, **options: Unpack[JobOptions]) -> JobFunction[P, R]:
         """This job with more options, for one enqueue: ``f.with_options(session=db.session)``."""
         check_options(options)
         other = copy.copy(self)

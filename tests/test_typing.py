@@ -27,6 +27,8 @@ text: str = send_confirmation(9)  # still the function, with its own return type
 send_confirmation.enqueue("7")  # line 14: wrong type
 send_confirmation.enqueue(7, urgnet=True)  # line 15: no such parameter
 send_confirmation.enqueue()  # line 16: missing the order id
+send_confirmation.with_options(prority=5)  # line 17: no such option
+bgjobs.job(queue=5)  # line 18: a queue is a name
 """
 
 
@@ -53,7 +55,7 @@ def test_mypy_flags_wrong_arguments_to_a_typed_jobs_enqueue(tmp_path: Path) -> N
     )
     errors = [line for line in result.stdout.splitlines() if ": error: " in line]
     lines = sorted(int(line.split(":")[1]) for line in errors)
-    assert lines == [14, 15, 16], result.stdout + result.stderr
+    assert lines == [14, 15, 16, 17, 18], result.stdout + result.stderr
     text = "\n".join(errors)
     assert (
         'Argument 1 to "enqueue" of "JobFunction" has incompatible type "str"; expected "int"'
@@ -61,3 +63,5 @@ def test_mypy_flags_wrong_arguments_to_a_typed_jobs_enqueue(tmp_path: Path) -> N
     )
     assert 'Unexpected keyword argument "urgnet" for "enqueue" of "JobFunction"' in text
     assert 'Missing positional argument "order_id" in call to "enqueue" of "JobFunction"' in text
+    assert 'Unexpected keyword argument "prority" for "with_options"' in text
+    assert 'Argument "queue" to "job" of "BackgroundJobs" has incompatible type "int"' in text
