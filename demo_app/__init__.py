@@ -8,6 +8,8 @@ Run it with ``./scripts/demo`` (sets everything up), or by hand from the reposit
 
 Configuration comes from ``app.config`` (``test_config``), the environment, then ``.env``
 (read by flask-bgjobs itself: ``.env`` in the current directory, else ``demo_app/.env``).
+The demo's own table (``orders``) and the job tables share one database, ``instance/demo.db``
+(``BackgroundJobs(db=db)``), so an order and its job can commit in one transaction.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 from flask import (
@@ -34,12 +36,42 @@ from flask import (
     session,
     url_for,
 )
+from sqlalchemy.schema import CreateTable
 from werkzeug.wrappers import Response
 
-from flask_bgjobs import BackgroundJobs, BgJobsError, Job, run_background_job
+from demo_app.extensions import bgjobs, db
+from demo_app.orders import Order, confirm_order
+from flask_bgjobs import BgJobsError, Job, run_background_job, signals
+from flask_bgjobs.models import ScheduleInfo
 
-#: One extension object for every app this factory builds (application-factory pattern).
-bgjobs = BackgroundJobs()
+__all__ = ["SAMPLES", "Order", "bgjobs", "create_app", "db"]
+
+# The jobs of the 0.2.0 buttons, allowed one by one in code (the older ones are in
+# BGJOBS_ALLOWED_JOBS, .env.example), so that a demo_app/.env copied before them still works.
+# confirm_order is allowed by its @bgjobs.job decorator (demo_app/orders.py).
+bgjobs.allow("demo_app.jobs.Mail", "welcome")
+bgjobs.allow("demo_app.jobs.Digest", "build")
+bgjobs.allow("demo_app.jobs.Printer", "print_page")
+bgjobs.allow("demo_app.jobs.Sms", "hold_line", "send_code")
+bgjobs.allow("demo_app.jobs.Limits", "chatty", "hog_memory", "burn_cpu")
+bgjobs.allow("demo_app.jobs.Control", "discard", "retry_later")
+bgjobs.allow("demo_app.jobs.Ops", "heartbeat")
+bgjobs.allow("demo_app.jobs.Reports", "process_data")  # also in .env: the nightly schedule's
+
+# Two recurring jobs: the runners enqueue exactly one job per tick (SPEC §11). A new schedule
+# waits for its next tick: the heartbeat's first job comes within 30 s of the runner starting.
+bgjobs.schedule("heartbeat", "demo_app.jobs.Ops", "heartbeat", every=30, retry_attempts=0)
+bgjobs.schedule(
+    "nightly-report",
+    "demo_app.jobs.Reports",
+    "process_data",
+    cron="30 2 * * *",
+    timezone="Europe/Berlin",
+    params={"rows": 1000},
+)
+
+#: The demo's queue of its own, capped at one running job (``BGJOBS_QUEUE_LIMITS``).
+MAIL_QUEUE = "mail"
 
 
 @dataclass(frozen=True)
@@ -62,8 +94,19 @@ class Sample:
     call: str
     #: What to look for once it is enqueued.
     note: str
-    enqueue: Callable[[Any], list[Job]]
+    enqueue: Callable[[Any], list[Job] | Done]
     field: Field | None = None
+
+
+@dataclass(frozen=True)
+class Done:
+    """What a button did, when that is more than "enqueued these jobs"."""
+
+    #: The flashed message, after the sample's title.
+    text: str
+    jobs: list[Job] = field(default_factory=list)
+    #: Orders it placed (or rolled back), by reference.
+    orders: list[str] = field(default_factory=list)
 
 
 def _bounded(kind: Callable[[str], float], low: float, high: float) -> Callable[[str], Any]:
@@ -155,6 +198,150 @@ def _words(text: str) -> list[Job]:
     return [run_background_job("demo_app.jobs", "word_count", {"text": text})]
 
 
+# -- release 0.2.0 -------------------------------------------------------------------------------
+
+
+def _mail(count: int) -> list[Job]:
+    return [
+        run_background_job(
+            "demo_app.jobs.Mail", "welcome", {"user": f"user{n}@example.com"}, queue=MAIL_QUEUE
+        )
+        for n in range(1, count + 1)
+    ]
+
+
+def _pause_mail(_: None) -> Done:
+    bgjobs.pause(MAIL_QUEUE)
+    return Done(f"queue {MAIL_QUEUE} paused: its jobs wait as pending until it is resumed")
+
+
+def _resume_mail(_: None) -> Done:
+    waiting = next((q.pending for q in bgjobs.queues() if q.name == MAIL_QUEUE), 0)
+    bgjobs.resume(MAIL_QUEUE)
+    return Done(f"queue {MAIL_QUEUE} resumed with {waiting} job(s) waiting")
+
+
+def _unique(_: None) -> Done:
+    day = datetime.now(timezone.utc).date().isoformat()
+    first, second = (
+        run_background_job(
+            "demo_app.jobs.Digest", "build", {"day": day}, unique_key=f"digest-{day}"
+        )
+        for _ in range(2)
+    )
+    same = "the same job: one row" if second.duplicate else "two jobs"
+    return Done(f"enqueued twice, got {same}", [first, second])
+
+
+def _concurrency(_: None) -> list[Job]:
+    return bgjobs.enqueue_many(
+        [
+            {
+                "class_name": "demo_app.jobs.Printer",
+                "method_name": "print_page",
+                "params": {"page": page},
+                "concurrency_key": "printer-1",
+                "concurrency_limit": 1,
+            }
+            for page in (1, 2, 3)
+        ]
+    )
+
+
+def _run_at(seconds: float) -> list[Job]:
+    at = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    return [
+        run_background_job(
+            "demo_app.jobs.Reminders", "send", {"message": "the meeting starts"}, run_at=at
+        )
+    ]
+
+
+def _expires(_: None) -> list[Job]:
+    # The gateway takes one job at a time: the code waits behind a 6 s bulk send, and is
+    # cancelled (expired) 5 s after it fell due, without ever running.
+    busy = run_background_job(
+        "demo_app.jobs.Sms", "hold_line", {"seconds": 6}, priority=5, concurrency_key="sms-gateway"
+    )
+    code = run_background_job(
+        "demo_app.jobs.Sms",
+        "send_code",
+        {"code": f"{secrets.randbelow(10**6):06d}"},
+        concurrency_key="sms-gateway",
+        expires_in=5,
+    )
+    return [busy, code]
+
+
+def _prints(_: None) -> list[Job]:
+    return [run_background_job("demo_app.jobs.Limits", "chatty", {"lines": 3}, retry_attempts=0)]
+
+
+def _memory(_: None) -> list[Job]:
+    return [
+        run_background_job(
+            "demo_app.jobs.Limits",
+            "hog_memory",
+            {"mib": 256},
+            retry_attempts=0,
+            memory_limit=MEMORY_LIMIT,
+        )
+    ]
+
+
+def _cpu(_: None) -> list[Job]:
+    return [
+        run_background_job(
+            "demo_app.jobs.Limits", "burn_cpu", {"seconds": 30}, retry_attempts=0, cpu_limit=1
+        )
+    ]
+
+
+def _discard(_: None) -> list[Job]:
+    return [run_background_job("demo_app.jobs.Control", "discard", {"order": 7}, retry_attempts=3)]
+
+
+def _retry(in_seconds: float) -> list[Job]:
+    return [
+        run_background_job(
+            "demo_app.jobs.Control", "retry_later", {"in_seconds": in_seconds}, retry_attempts=1
+        )
+    ]
+
+
+def _new_order(item: str) -> Order:
+    order = Order(reference=secrets.token_hex(4), item=item)
+    db.session.add(order)
+    db.session.flush()  # the order has its id; nothing is committed yet
+    return order
+
+
+def _order(item: str) -> Done:
+    order = _new_order(item)
+    job = confirm_order.with_options(session=db.session).enqueue(order.id)
+    db.session.commit()  # the order and its job, together
+    return Done(
+        f"order {order.reference} and its confirmation job committed", [job], [order.reference]
+    )
+
+
+def _rollback(item: str) -> Done:
+    order = _new_order(item)
+    job = confirm_order.with_options(session=db.session).enqueue(order.id)
+    reference, job_id = order.reference, job.id
+    db.session.rollback()  # neither the order nor its job ever existed
+    return Done(
+        f"order {reference} and its job (id {job_id} inside the transaction) rolled back: "
+        "neither exists",
+        orders=[reference],
+    )
+
+
+#: The memory limit of the "too much memory" button: above the forked process's baseline
+#: (its share of the app, about 40-60 MiB), below what the job allocates.
+MEMORY_LIMIT = 64 * 1024 * 1024
+
+
 #: The sample jobs, by the key the form posts. Every job they enqueue must be in
 #: BGJOBS_ALLOWED_JOBS (see .env.example).
 SAMPLES: dict[str, Sample] = {
@@ -230,6 +417,134 @@ SAMPLES: dict[str, Sample] = {
         _words,
         Field("text", "text", "the quick brown fox jumps over the lazy dog and the end", _text),
     ),
+    "mail": Sample(
+        "A queue of its own, with a limit",
+        "Send 3 mails to the mail queue",
+        'run_background_job("demo_app.jobs.Mail", "welcome", {"user": ...}, queue="mail")  '
+        "# 3 times",
+        "The mail queue runs one job at a time (BGJOBS_QUEUE_LIMITS mail:1, across every "
+        "runner): the three start one after another. See the Queues page of the dashboard.",
+        _mail,
+        Field("count", "mails", "3", _bounded(int, 1, 20)),
+    ),
+    "pause_mail": Sample(
+        "Pause a queue",
+        "Pause the mail queue",
+        'bgjobs.pause("mail")',
+        "No runner claims the queue's jobs until it is resumed (running ones finish). The "
+        "pause is stored in the database: it holds for every runner, across restarts.",
+        _pause_mail,
+    ),
+    "resume_mail": Sample(
+        "Resume a queue",
+        "Resume the mail queue",
+        'bgjobs.resume("mail")',
+        "The mail that waited while the queue was paused now runs, one at a time.",
+        _resume_mail,
+    ),
+    "unique": Sample(
+        "A unique job",
+        "Enqueue the digest twice",
+        'run_background_job("demo_app.jobs.Digest", "build", {"day": day}, '
+        'unique_key=f"digest-{day}")  # twice',
+        "While a job with the key waits or runs, enqueuing again returns it (job.duplicate): "
+        "two clicks, one row. Once it has ended, the key is free again.",
+        _unique,
+    ),
+    "concurrency": Sample(
+        "A concurrency key",
+        "Print 3 pages on one printer",
+        'bgjobs.enqueue_many([{..., "concurrency_key": "printer-1", '
+        '"concurrency_limit": 1}, ...])  # 3 jobs, one transaction',
+        "At most one job with the key runs at once; the others wait as pending without "
+        "spending an attempt, and never block other jobs.",
+        _concurrency,
+    ),
+    "run_at": Sample(
+        "At a given time",
+        "Remind me at a time",
+        'run_background_job("demo_app.jobs.Reminders", "send", {...}, '
+        "run_at=datetime.now(timezone.utc) + timedelta(seconds=seconds))",
+        "A timezone-aware datetime: the job stays pending until then.",
+        _run_at,
+        Field("seconds", "in (s)", "30", _bounded(float, 0, 86_400)),
+    ),
+    "expires": Sample(
+        "A job that expires",
+        "Send a one-time code (expires in 5 s)",
+        'run_background_job("demo_app.jobs.Sms", "hold_line", ..., '
+        'concurrency_key="sms-gateway")\n'
+        'run_background_job("demo_app.jobs.Sms", "send_code", {"code": ...}, '
+        'concurrency_key="sms-gateway", expires_in=5)',
+        "The code waits behind a 6 s bulk send on the same gateway; not started within 5 s "
+        "of falling due, it ends cancelled (expired) and never runs.",
+        _expires,
+    ),
+    "prints": Sample(
+        "Captured output",
+        "Run a job that prints",
+        'run_background_job("demo_app.jobs.Limits", "chatty", {"lines": 3})',
+        "What the attempt's process writes to stdout and stderr is kept with the job: see "
+        "its job page (or flask bgjobs show ID).",
+        _prints,
+    ),
+    "memory": Sample(
+        "A memory limit",
+        "Use too much memory",
+        'run_background_job("demo_app.jobs.Limits", "hog_memory", {"mib": 256}, '
+        "memory_limit=64 * 1024**2, retry_attempts=0)",
+        "Allocating 256 MiB under a 64 MiB limit raises MemoryError in the job's own process: "
+        "it fails, ended by 'memory'; the runner and other jobs never notice. Its job page "
+        "shows the attempt's peak memory and CPU time.",
+        _memory,
+    ),
+    "cpu": Sample(
+        "A CPU limit",
+        "Burn CPU",
+        'run_background_job("demo_app.jobs.Limits", "burn_cpu", {"seconds": 30}, '
+        "cpu_limit=1, retry_attempts=0)",
+        "Would spin for 30 s; after 1 s of CPU the kernel stops its process: failed, ended by "
+        "'cpu'.",
+        _cpu,
+    ),
+    "discard": Sample(
+        "Give up at once: DiscardJob",
+        "Run a job that discards itself",
+        "raise DiscardJob(...)  # in demo_app.jobs.Control.discard, retry_attempts=3",
+        "Fails for good on its first attempt, ended by 'discarded', although 3 retries were "
+        "left. Its job_failed signal adds a line to the list of signals below.",
+        _discard,
+    ),
+    "retry": Sample(
+        "Come back later: RetryJob",
+        "Run a job that retries in 5 s",
+        "raise RetryJob(in_seconds)  # in demo_app.jobs.Control.retry_later, on attempt 1",
+        "Its first attempt asks to be retried in 5 s (instead of BGJOBS_RETRY_DELAY); the "
+        "second succeeds.",
+        _retry,
+        Field("in_seconds", "retry in (s)", "5", _bounded(float, 1, 600)),
+    ),
+    "order": Sample(
+        "An order and its job, in one transaction",
+        "Place an order",
+        "db.session.add(order); db.session.flush()\n"
+        "confirm_order.with_options(session=db.session).enqueue(order.id)\n"
+        "db.session.commit()",
+        "An Order row of the demo's own database and its typed confirmation job "
+        "(@bgjobs.job) commit together; the job marks the order confirmed.",
+        _order,
+        Field("item", "item", "a teapot", _text),
+    ),
+    "rollback": Sample(
+        "... or roll it back",
+        "Place an order, then roll back",
+        "db.session.add(order); db.session.flush()\n"
+        "confirm_order.with_options(session=db.session).enqueue(order.id)\n"
+        "db.session.rollback()",
+        "The rollback takes the job with the order: no row, no job, nothing runs.",
+        _rollback,
+        Field("item", "item", "a kettle", _text),
+    ),
 }
 
 
@@ -237,7 +552,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the demo app; ``test_config`` overrides everything else (as in the Flask tutorial)."""
     app = Flask(__name__, instance_relative_config=True)
     os.makedirs(app.instance_path, exist_ok=True)
-    app.config.from_prefixed_env()  # FLASK_SECRET_KEY and friends
+    # The demo's database, in the instance folder (a relative SQLite path is resolved there).
+    app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///demo.db"
+    # The mail queue runs one job at a time, across every runner (set here rather than in
+    # .env so that a demo_app/.env copied before it still shows it).
+    app.config["BGJOBS_QUEUE_LIMITS"] = {MAIL_QUEUE: 1}
+    app.config.from_prefixed_env()  # FLASK_SECRET_KEY, FLASK_SQLALCHEMY_DATABASE_URI and friends
     if app.config.get("SESSION_COOKIE_SAMESITE") is None:
         # Flask sends no SameSite by default; the dashboard's CSRF check does not rely on it,
         # but Lax keeps the session cookie off cross-site posts in every browser.
@@ -248,7 +568,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         # Stable across gunicorn workers and restarts, so sessions (and CSRF tokens) survive.
         app.config["SECRET_KEY"] = _instance_secret(os.path.join(app.instance_path, "secret_key"))
 
+    db.init_app(app)
     bgjobs.init_app(app)
+    with app.app_context():
+        # The demo's own table; IF NOT EXISTS, as gunicorn workers and runners start at once.
+        db.session.execute(CreateTable(Order.__table__, if_not_exists=True))
+        db.session.commit()
 
     app.before_request(_check_csrf)
     app.jinja_env.globals["csrf_token"] = csrf_token
@@ -277,6 +602,10 @@ def index() -> str:
         refresh=refresh,
         messages=_messages(),
         dashboard=_dashboard_url(),
+        queues=bgjobs.queues(),
+        schedules=[_schedule_row(s) for s in _schedules()],
+        orders=db.session.scalars(db.select(Order).order_by(Order.id.desc()).limit(5)).all(),
+        signal_lines=_signal_lines(),
     )
 
 
@@ -298,13 +627,16 @@ def enqueue() -> Response:
             flash(f"{sample.title}: {sample.field.label} {exc}.", "error")
             return back
     try:
-        jobs = sample.enqueue(value)
+        done = sample.enqueue(value)
     except BgJobsError as exc:  # e.g. JobNotAllowed after an edit of BGJOBS_ALLOWED_JOBS
         flash(f"{sample.title}: {type(exc).__name__}: {exc}", "error")
         return back
+    if not isinstance(done, Done):
+        done = Done("enqueued", done)
     summary = {
-        "text": f"{sample.title}: enqueued",
-        "jobs": [{"id": j.id, "name": j.name, "priority": j.priority} for j in jobs],
+        "text": f"{sample.title}: {done.text}",
+        "jobs": [{"id": j.id, "name": j.name, "priority": j.priority} for j in done.jobs],
+        "orders": done.orders,
     }
     flash(json.dumps(summary), "enqueued")
     return back
@@ -317,10 +649,69 @@ def _messages() -> list[dict[str, Any]]:
     for category, text in flashed:
         if category == "enqueued":
             summary = json.loads(text)
-            messages.append({"category": "ok", "text": summary["text"], "jobs": summary["jobs"]})
+            messages.append(
+                {
+                    "category": "ok",
+                    "text": summary["text"],
+                    "jobs": summary["jobs"],
+                    "orders": summary.get("orders", []),
+                }
+            )
         else:
-            messages.append({"category": category, "text": text, "jobs": []})
+            messages.append({"category": category, "text": text, "jobs": [], "orders": []})
     return messages
+
+
+def _schedules() -> list[ScheduleInfo]:
+    """``bgjobs.schedules()``: every recurring job, its next run and its last job."""
+    return bgjobs.schedules()
+
+
+def _schedule_row(info: ScheduleInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "job": info.job,
+        "words": info.words,
+        "next_run": "paused" if info.next_run is None else _clock(info.next_run, seconds=True),
+        "last_job_id": info.last_job_id,
+        "last_status": info.last_status,
+        "paused": info.paused,
+    }
+
+
+# -- signals: a line per finished attempt, written in the attempt's own process ---------------
+
+
+def _signal_log() -> str:
+    return os.path.join(current_app.instance_path, "logs", "signals.log")
+
+
+@signals.job_succeeded.connect
+def _on_job_succeeded(app: Flask, job: Job, result: Any, **extra: Any) -> None:
+    _signal_line(f"job_succeeded: job {job.id} {job.name} (attempt {job.attempts})")
+
+
+@signals.job_failed.connect
+def _on_job_failed(app: Flask, job: Job, exception: BaseException, **extra: Any) -> None:
+    what = f"{type(exception).__name__}: {exception}"[:120]
+    _signal_line(f"job_failed: job {job.id} {job.name} (attempt {job.attempts}): {what}")
+
+
+def _signal_line(text: str) -> None:
+    path = _signal_log()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%H:%M:%S")
+    with open(path, "a", encoding="utf-8") as fh:  # one short append per line: no interleaving
+        fh.write(f"{stamp} {text}\n")
+
+
+def _signal_lines(count: int = 8) -> list[str]:
+    """The last lines the signal receivers wrote, newest first."""
+    try:
+        with open(_signal_log(), encoding="utf-8") as fh:
+            return fh.read().splitlines()[-count:][::-1]
+    except FileNotFoundError:
+        return []
 
 
 def _dashboard_url() -> str | None:
@@ -354,15 +745,19 @@ def _row(job: Job) -> dict[str, Any]:
         else round(job.progress),
         "progress_message": job.progress_message or "",
         "outcome": (outcome or "")[:200],
-        "end_reason": job.end_reason if job.status == "failed" else None,
+        "end_reason": job.end_reason if job.status in ("failed", "cancelled") else None,
         "created_at": _clock(job.created_at),
         "started": _started(job),
     }
 
 
-def _clock(ts: float) -> str:
-    """``12:30:05.123`` (UTC): to the millisecond, so start order shows within a second."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+def _clock(ts: float, *, seconds: bool = False) -> str:
+    """``12:30:05.123`` (UTC): to the millisecond, so start order shows within a second;
+    with `seconds`, ``2026-12-07 01:30:00`` (a schedule's next run)."""
+    when = datetime.fromtimestamp(ts, timezone.utc)
+    if seconds:
+        return when.strftime("%Y-%m-%d %H:%M:%S")
+    return when.strftime("%H:%M:%S.%f")[:-3]
 
 
 def _started(job: Job) -> str:

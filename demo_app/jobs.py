@@ -8,11 +8,12 @@ they may use the app (``flask.current_app``) as a request handler would. Only th
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections import Counter
 from typing import Any
 
-from flask_bgjobs import current_job
+from flask_bgjobs import DiscardJob, RetryJob, current_job
 
 
 class Reports:
@@ -105,3 +106,95 @@ def word_count(text: str, top: int = 3) -> dict[str, Any]:
     words = [w.strip(".,;:!?\"'()").lower() for w in text.split()]
     counts = Counter(w for w in words if w)
     return {"words": sum(counts.values()), "top": counts.most_common(top)}
+
+
+# -- release 0.2.0: queues, keys, time, limits, retry control ----------------------------------
+
+
+class Mail:
+    """Mail goes to its own queue, ``mail``: the demo caps it at one job at a time
+    (``BGJOBS_QUEUE_LIMITS``), and its buttons pause and resume it."""
+
+    def welcome(self, user: str, seconds: float = 1.0) -> str:
+        """Send a welcome mail (here: wait ``seconds``, as an SMTP server would make us)."""
+        time.sleep(seconds)
+        return f"welcome mail sent to {user}"
+
+
+class Digest:
+    """A digest enqueued with a ``unique_key``: clicking twice still builds it once."""
+
+    def build(self, day: str, seconds: float = 2.0) -> str:
+        """Build the day's digest (about ``seconds``)."""
+        time.sleep(seconds)
+        return f"digest for {day} built"
+
+
+class Printer:
+    """One printer, many pages: a ``concurrency_key`` lets one job use it at a time."""
+
+    def print_page(self, page: int, seconds: float = 1.0) -> str:
+        """Print one page (about ``seconds``)."""
+        time.sleep(seconds)
+        return f"page {page} printed"
+
+
+class Sms:
+    """An SMS gateway that takes one message at a time (``concurrency_key="sms-gateway"``)."""
+
+    def hold_line(self, seconds: float = 6.0) -> str:
+        """Keep the gateway busy for ``seconds`` (a slow bulk send)."""
+        time.sleep(seconds)
+        return f"bulk send done after {seconds:g} s"
+
+    def send_code(self, code: str) -> str:
+        """Send a one-time code: worthless once its ``expires_in`` has passed."""
+        return f"code {code} sent"
+
+
+class Limits:
+    """Jobs that show what the runner records and enforces for each attempt's process."""
+
+    def chatty(self, lines: int = 3) -> str:
+        """Print to stdout and stderr: the attempt's output is kept with the job."""
+        for n in range(1, lines + 1):
+            print(f"step {n} of {lines}: working")
+        print("a warning on stderr", file=sys.stderr)
+        return f"printed {lines} lines"
+
+    def hog_memory(self, mib: int = 256) -> int:
+        """Allocate ``mib`` MiB, one at a time: under a smaller ``memory_limit`` the
+        allocation fails with MemoryError, and the attempt ends by ``memory``."""
+        chunks = [bytearray(1024 * 1024) for _ in range(mib)]
+        return len(chunks)
+
+    def burn_cpu(self, seconds: float = 10.0) -> int:
+        """Spin for up to ``seconds`` of wall-clock time: under a ``cpu_limit`` of 1 s the
+        kernel stops the process after one second of CPU, and the attempt ends by ``cpu``."""
+        rounds = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            rounds += 1
+        return rounds
+
+
+class Control:
+    """A job deciding about its own retries with ``DiscardJob`` and ``RetryJob``."""
+
+    def discard(self, order: int = 7) -> None:
+        """Fail for good at once, whatever attempts remain: retrying cannot help."""
+        raise DiscardJob(f"order {order} was deleted: nothing to do")
+
+    def retry_later(self, in_seconds: float = 5.0) -> str:
+        """Ask for a retry in ``in_seconds`` on the first attempt; succeed on the second."""
+        if current_job.attempt == 1:
+            raise RetryJob(in_seconds)
+        return f"done on attempt {current_job.attempt}"
+
+
+class Ops:
+    """Recurring jobs: the runners enqueue one job per tick of their schedules."""
+
+    def heartbeat(self) -> str:
+        """Every 30 s (schedule ``heartbeat``): say the runners are alive."""
+        return f"alive at {time.strftime('%H:%M:%S', time.gmtime())} UTC"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import http.cookiejar
+import itertools
 import json
 import os
 import re
@@ -28,10 +29,40 @@ from collections.abc import Callable
 from typing import Any
 
 from flask_bgjobs import Job
+from flask_bgjobs.models import attempts_of
 
 #: The order the buttons are pressed in. The priority batch goes first, while nothing else
-#: is running yet.
-ORDER = ("priority", "report", "flaky", "reminder", "timeout", "fail", "slow", "words")
+#: is running yet. The mail queue is paused before its mail is sent, and resumed last.
+ORDER = (
+    "priority",
+    "pause_mail",
+    "mail",
+    "report",
+    "flaky",
+    "reminder",
+    "timeout",
+    "fail",
+    "slow",
+    "words",
+    "expires",
+    "unique",
+    "concurrency",
+    "run_at",
+    "prints",
+    "memory",
+    "cpu",
+    "discard",
+    "retry",
+    "order",
+    "rollback",
+    "resume_mail",
+)
+
+#: Buttons that enqueue no job of their own (their message names none).
+NO_JOBS = ("pause_mail", "resume_mail", "rollback")
+
+#: The recurring jobs the index page must list (demo_app/__init__.py).
+SCHEDULES = ("heartbeat", "nightly-report")
 
 
 class CheckFailed(Exception):
@@ -45,8 +76,11 @@ def say(message: str) -> None:
 # -- enqueue -------------------------------------------------------------------------------------
 
 
-def enqueue(url: str, check: bool) -> dict[str, list[int]]:
-    """Press every sample's button once; return the new job ids by sample."""
+def enqueue(url: str, check: bool) -> dict[str, Any]:
+    """Press every sample's button once; return the new job ids by sample.
+
+    Also ``_pressed_at`` (when each button was pressed, epoch seconds) and ``_orders`` (the
+    order references a button's message names)."""
     from demo_app import SAMPLES
 
     opener = urllib.request.build_opener(
@@ -60,15 +94,21 @@ def enqueue(url: str, check: bool) -> dict[str, list[int]]:
     if check:
         if "<script" in page or " style=" in page:
             raise CheckFailed("the index page has inline script or style")
+        for name in SCHEDULES:
+            if f'data-schedule="{name}"' not in page:
+                raise CheckFailed(f"the index page does not list the schedule {name!r}")
         try:
             opener.open(url + "/jobs", urllib.parse.urlencode({"sample": "words"}).encode())
             raise CheckFailed("a POST without a CSRF token was accepted")
         except urllib.error.HTTPError as exc:
             if exc.code != 400:
                 raise CheckFailed(f"a POST without a CSRF token answered {exc.code}, not 400")
-    ids: dict[str, list[int]] = {}
+    ids: dict[str, Any] = {}
+    pressed_at: dict[str, float] = {}
+    orders: dict[str, list[str]] = {}
     for key in ORDER + tuple(k for k in SAMPLES if k not in ORDER):
         form = urllib.parse.urlencode({"csrf_token": token, "sample": key}).encode()
+        pressed_at[key] = time.time()
         # The view answers 303 to the index page; urllib follows it with a GET, as browsers do.
         page = opener.open(url + "/jobs", form, timeout=30).read().decode("utf-8")
         flashed = re.search(r'<p class="flash (ok|error)">(.*?)</p>', page, re.S)
@@ -76,10 +116,13 @@ def enqueue(url: str, check: bool) -> dict[str, list[int]]:
             text = re.sub(r"<[^>]+>|\s+", " ", flashed.group(2) if flashed else "").strip()
             raise CheckFailed(f"the {key!r} button did not enqueue: {text or 'no message'}")
         ids[key] = [int(i) for i in re.findall(r'data-job-id="(\d+)"', flashed.group(2))]
-        if not ids[key]:
+        orders[key] = re.findall(r'data-order="([0-9a-f]+)"', flashed.group(2))
+        if not ids[key] and key not in NO_JOBS:
             raise CheckFailed(f"the {key!r} button's message names no job")
-        shown = f"jobs {ids[key][0]}-{ids[key][-1]}" if len(ids[key]) > 1 else f"job {ids[key][0]}"
-        say(f"enqueued {key} ({SAMPLES[key].title}): {shown}")
+        text = re.sub(r"<[^>]+>|\s+", " ", flashed.group(2)).strip()
+        say(f"{key}: {text}")
+    ids["_pressed_at"] = pressed_at
+    ids["_orders"] = orders
     return ids
 
 
@@ -100,13 +143,32 @@ def _line(key: str, job: Job) -> str:
 
 
 def _settled(key: str, jobs: list[Job]) -> bool:
-    if key == "reminder":
-        return True  # it is due in 30 s: checked as it is, never waited for
+    if key in ("reminder", "run_at"):
+        return True  # due in 30 s: checked as it is, never waited for
     return all(j.is_finished for j in jobs)
 
 
-#: How each sample must end: the status every job must reach, and a check of the details.
-EXPECTED_STATUS = {"timeout": "failed", "fail": "failed", "reminder": None}
+#: How each sample must end: the status every job must reach (or, a tuple, each of its jobs
+#: in turn; None: not waited for), and a check of the details.
+EXPECTED_STATUS: dict[str, str | tuple[str, ...] | None] = {
+    "timeout": "failed",
+    "fail": "failed",
+    "reminder": None,
+    "run_at": None,
+    "expires": ("succeeded", "cancelled"),
+    "memory": "failed",
+    "cpu": "failed",
+    "discard": "failed",
+}
+
+
+def _wanted(key: str, index: int) -> str | None:
+    want = EXPECTED_STATUS.get(key, "succeeded")
+    return want[index] if isinstance(want, tuple) else want
+
+
+#: What `check_*` may need besides the jobs: when each button was pressed, and the orders.
+CONTEXT: dict[str, Any] = {"pressed_at": {}, "orders": {}, "signals": []}
 
 
 def check_report(jobs: list[Job]) -> str:
@@ -171,6 +233,153 @@ def check_reminder(jobs: list[Job]) -> str:
     return f"ran {wait:.0f} s after it was enqueued, as delayed"
 
 
+def check_run_at(jobs: list[Job]) -> str:
+    return check_reminder(jobs)
+
+
+def _one_at_a_time(jobs: list[Job], what: str) -> str:
+    """Every job succeeded on its first attempt, and no two of them ran at the same time."""
+    for job in jobs:
+        _expect(
+            job.attempts == 1,
+            f"job {job.id} took {job.attempts} attempts: a job held back spent an attempt",
+        )
+    spans = sorted((j.started_at or 0, j.finished_at or 0, j.id) for j in jobs)
+    for (_, end, a), (start, _, b) in itertools.pairwise(spans):
+        # The runner stamps a job's end and claims the next in one go: the two times may be
+        # a few milliseconds apart either way; two jobs running at once overlap by seconds.
+        _expect(start >= end - 0.05, f"jobs {a} and {b} ran at the same time despite {what}")
+    return f"{len(jobs)} jobs ran one at a time ({what}), each on its first attempt"
+
+
+def check_mail(jobs: list[Job]) -> str:
+    _expect(all(j.queue == "mail" for j in jobs), "a mail job is not in the mail queue")
+    resumed = CONTEXT["pressed_at"].get("resume_mail")
+    if resumed is not None:
+        early = [j.id for j in jobs if (j.started_at or 0) < resumed]
+        _expect(not early, f"mail job(s) {early} started while the mail queue was paused")
+    told = _one_at_a_time(jobs, "queue limit mail:1")
+    return told + ("; none before the queue was resumed" if resumed is not None else "")
+
+
+def check_concurrency(jobs: list[Job]) -> str:
+    _expect(
+        all(j.concurrency_key == "printer-1" and j.concurrency_limit == 1 for j in jobs),
+        "a printer job lacks its concurrency key",
+    )
+    return _one_at_a_time(jobs, "concurrency key printer-1, limit 1")
+
+
+def check_unique(jobs: list[Job]) -> str:
+    first, second = jobs
+    _expect(first.id == second.id, f"two jobs ({first.id}, {second.id}) for one unique key")
+    return f"two enqueues, one job ({first.id}, unique_key {first.unique_key})"
+
+
+def check_expires(jobs: list[Job]) -> str:
+    busy, code = jobs
+    _expect(
+        code.end_reason == "expired" and code.attempts == 0 and code.started_at is None,
+        f"job {code.id} ended by {code.end_reason} after {code.attempts} attempts, "
+        "expected expired, never started",
+    )
+    return f"job {busy.id} held the gateway; job {code.id} expired, never ran"
+
+
+def _ended(job: Job) -> Any:
+    ends = [e for e in job.events or () if e.ends_attempt]
+    _expect(bool(ends), f"job {job.id} has no event that ended an attempt")
+    return ends[-1]
+
+
+def check_prints(jobs: list[Job]) -> str:
+    [job] = jobs
+    output = job.output or ""
+    _expect(
+        "step 3 of 3: working" in output and "a warning on stderr" in output,
+        f"job {job.id} kept the output {output[:200]!r}",
+    )
+    return f"output kept: {len(output.splitlines())} lines, stdout and stderr"
+
+
+def _limited(job: Job, reason: str) -> str:
+    _expect(
+        job.end_reason == reason and job.attempts == job.max_attempts == 1,
+        f"job {job.id} ended by {job.end_reason} after {job.attempts}/{job.max_attempts} "
+        f"attempts, expected {reason} after 1/1",
+    )
+    ended = _ended(job)
+    return f"stopped: {job.error}; peak RSS {ended.max_rss_kb} KiB, CPU {ended.cpu_s:.2f} s"
+
+
+def check_memory(jobs: list[Job]) -> str:
+    return _limited(jobs[0], "memory")
+
+
+def check_cpu(jobs: list[Job]) -> str:
+    return _limited(jobs[0], "cpu")
+
+
+def check_discard(jobs: list[Job]) -> str:
+    [job] = jobs
+    _expect(
+        job.end_reason == "discarded" and job.attempts == 1 < job.max_attempts,
+        f"job {job.id} ended by {job.end_reason} after {job.attempts}/{job.max_attempts} "
+        "attempts, expected discarded after the first",
+    )
+    signal = f"job_failed: job {job.id} "
+    _expect(
+        any(signal in line for line in CONTEXT["signals"]),
+        f"no {signal!r} line from the job_failed receiver in signals.log",
+    )
+    return f"discarded on attempt 1 of {job.max_attempts}: {job.error}; job_failed signal seen"
+
+
+def check_retry(jobs: list[Job]) -> str:
+    [job] = jobs
+    wait = job.params["in_seconds"]
+    _expect(job.attempts == 2, f"job {job.id} succeeded on attempt {job.attempts}, not 2")
+    [(_, first_end), (second_start, _)] = attempts_of(job.events or ())
+    _expect(second_start is not None, f"job {job.id}: no start event for its second attempt")
+    assert second_start is not None
+    gap = second_start.at - first_end.at
+    _expect(gap >= wait - 0.1, f"job {job.id} was retried after {gap:.1f} s, not {wait:g} s")
+    return f"retried {gap:.1f} s after its first attempt asked for {wait:g} s, then {job.result}"
+
+
+def check_order(jobs: list[Job]) -> str:
+    from demo_app import Order, db
+
+    [job] = jobs
+    [ref] = CONTEXT["orders"]["order"]
+    order = db.session.scalar(db.select(Order).filter_by(reference=ref))
+    _expect(order is not None, f"order {ref} was not stored")
+    assert order is not None
+    args = job.params if isinstance(job.params, list) else list(job.params.values())
+    _expect(args == [order.id], f"job {job.id} is not the confirmation of order {order.id}: {args}")
+    _expect(order.status == "confirmed", f"order {ref} is {order.status}, not confirmed")
+    return f"order {ref} (id {order.id}) committed with job {job.id}, which confirmed it"
+
+
+def check_rollback(_: list[Job]) -> str:
+    from demo_app import Order, bgjobs, db
+
+    [ref] = CONTEXT["orders"]["rollback"]
+    _expect(
+        db.session.scalar(db.select(Order).filter_by(reference=ref)) is None,
+        f"order {ref} exists after its rollback",
+    )
+    since = CONTEXT["pressed_at"]["order"]
+    confirmations, _ = bgjobs.list_jobs(q="demo_app.orders::confirm_order", per_page=100)
+    new = [j.id for j in confirmations if j.created_at >= since]
+    _expect(len(new) == 1, f"{len(new)} confirmation jobs since the first order, not 1: {new}")
+    return f"order {ref} and its job rolled back: no order, no job"
+
+
+def check_queue_switch(_: list[Job]) -> str:
+    return "no job of its own (the mail jobs waited for the resume: see mail)"
+
+
 def check_timeout(jobs: list[Job]) -> str:
     [job] = jobs
     _expect(
@@ -205,6 +414,20 @@ CHECKS: dict[str, Callable[[list[Job]], str]] = {
     "fail": check_fail,
     "slow": check_result,
     "words": check_result,
+    "mail": check_mail,
+    "unique": check_unique,
+    "concurrency": check_concurrency,
+    "run_at": check_run_at,
+    "expires": check_expires,
+    "prints": check_prints,
+    "memory": check_memory,
+    "cpu": check_cpu,
+    "discard": check_discard,
+    "retry": check_retry,
+    "order": check_order,
+    "rollback": check_rollback,
+    "pause_mail": check_queue_switch,
+    "resume_mail": check_queue_switch,
 }
 
 
@@ -218,6 +441,7 @@ def verify(ids: dict[str, list[int]], deadline: float) -> dict[str, list[Job]]:
     with app.app_context():
         state = bgjobs.state()
         main_log, error_log = state.settings.log_file, state.settings.error_log_file
+        signal_log = os.path.join(app.instance_path, "logs", "signals.log")
         while True:
             jobs = {k: [bgjobs.get_job(i, with_events=False) for i in v] for k, v in ids.items()}
             for key, group in jobs.items():
@@ -227,11 +451,10 @@ def verify(ids: dict[str, list[int]], deadline: float) -> dict[str, list[Job]]:
                         seen[job.id] = now
                         print(_line(key, job), flush=True)
             for key, group in jobs.items():
-                want = EXPECTED_STATUS.get(key, "succeeded")
-                wrong = [j for j in group if want and j.is_finished and j.status != want]
-                if wrong:
-                    j = wrong[0]
-                    raise CheckFailed(f"{key}: job {j.id} {j.status}, not {want}: {j.error}")
+                for index, j in enumerate(group):
+                    want = _wanted(key, index)
+                    if want and j.is_finished and j.status != want:
+                        raise CheckFailed(f"{key}: job {j.id} {j.status}, not {want}: {j.error}")
             if all(_settled(k, g) for k, g in jobs.items()):
                 break
             if time.monotonic() > end:
@@ -241,11 +464,21 @@ def verify(ids: dict[str, list[int]], deadline: float) -> dict[str, list[Job]]:
                 raise CheckFailed(f"jobs {', '.join(late)} did not finish within {deadline:g} s")
             time.sleep(0.2)
 
-    print("\nsummary:", flush=True)
-    for key, group in jobs.items():
-        for job in group:
-            print(_line(key, job))
-        print(f"  {key}: {CHECKS.get(key, check_result)(group)}", flush=True)
+        # With their history now: attempts, usage and output.
+        jobs = {k: [bgjobs.get_job(i) for i in v] for k, v in ids.items()}
+        try:
+            with open(signal_log, encoding="utf-8") as fh:
+                CONTEXT["signals"] = fh.read().splitlines()
+        except FileNotFoundError:
+            CONTEXT["signals"] = []
+
+        print("\nsummary:", flush=True)
+        for key, group in jobs.items():
+            for job in group:
+                print(_line(key, job))
+            print(f"  {key}: {CHECKS.get(key, check_result)(group)}", flush=True)
+        print(f"  queues: {check_queues(bgjobs.queues())}", flush=True)
+        print(f"  schedules: {check_schedules(bgjobs.schedules())}", flush=True)
 
     with open(main_log, encoding="utf-8") as fh:
         main_lines = fh.read().splitlines()
@@ -270,6 +503,54 @@ def verify(ids: dict[str, list[int]], deadline: float) -> dict[str, list[Job]]:
         )
     print("  logs: a completion line per succeeded job, an error entry per failed attempt")
     return jobs
+
+
+def check_queues(queues: list[Any]) -> str:
+    """The mail queue has its limit of 1, and is no longer paused."""
+    mail = next((q for q in queues if q.name == "mail"), None)
+    _expect(mail is not None, "bgjobs.queues() has no mail queue")
+    assert mail is not None
+    _expect(mail.limit == 1, f"the mail queue's limit is {mail.limit}, not 1")
+    _expect(not mail.paused, "the mail queue is still paused")
+    return ", ".join(f"{q.name} (limit {q.limit or '-'}, {q.pending} pending)" for q in queues)
+
+
+def check_schedules(schedules: list[Any]) -> str:
+    """The heartbeat ticks every 30 s; the nightly report at 02:30 in Berlin."""
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+
+    found = {s.name: s for s in schedules}
+    _expect(set(SCHEDULES) <= set(found), f"bgjobs.schedules() lists {sorted(found)}")
+    beat, nightly = found["heartbeat"], found["nightly-report"]
+    now = time.time()
+    _expect(
+        beat.every == 30 and beat.next_run is not None and 0 <= beat.next_run - now <= 30,
+        f"heartbeat: every {beat.every}, next run {beat.next_run} (now {now:.0f})",
+    )
+    _expect(
+        beat.last_status in (None, "pending", "running", "succeeded"),
+        f"the heartbeat's last job {beat.last_job_id} is {beat.last_status}",
+    )
+    assert nightly.next_run is not None
+    berlin = datetime.fromtimestamp(nightly.next_run, timezone.utc).astimezone(
+        ZoneInfo("Europe/Berlin")
+    )
+    _expect(
+        nightly.cron == "30 2 * * *"
+        and (berlin.hour, berlin.minute) == (2, 30)
+        and 0 < nightly.next_run - now <= 86_400 + 3600,
+        f"nightly-report: cron {nightly.cron}, next run {berlin.isoformat()}",
+    )
+    last = (
+        f"last job {beat.last_job_id} ({beat.last_status})"
+        if beat.last_job_id
+        else "no tick yet since the runner started"
+    )
+    return (
+        f"heartbeat {beat.words}, next in {beat.next_run - now:.0f} s, {last}; "
+        f"nightly-report {nightly.words}, next {berlin:%Y-%m-%d %H:%M %Z}"
+    )
 
 
 def check_dashboard(url: str, path: str, user: str, jobs: dict[str, list[Job]]) -> None:
@@ -300,7 +581,7 @@ def check_dashboard(url: str, path: str, user: str, jobs: dict[str, list[Job]]) 
     code, _, body = get(path + "api/stats", login)
     _expect(code == 200, f"GET {path}api/stats answered {code}")
     total = sum(json.loads(body)["counts"].values())
-    for group in jobs.values():
+    for group in (g for g in jobs.values() if g):
         job = group[-1]
         # The link the index page's message gives for this job.
         code, _, body = get(f"{path}jobs/{job.id}", login)
@@ -308,7 +589,10 @@ def check_dashboard(url: str, path: str, user: str, jobs: dict[str, list[Job]]) 
             code == 200 and job.class_name.encode() in body and job.method_name.encode() in body,
             f"the dashboard page of job {job.id} answered {code} without the job's name",
         )
-    say(f"dashboard OK: {total} jobs in its API, a page for each sample's job")
+    for page, word in (("queues", b"mail"), ("schedules", b"heartbeat")):
+        code, _, body = get(f"{path}{page}", login)
+        _expect(code == 200 and word in body, f"GET {path}{page} answered {code}")
+    say(f"dashboard OK: {total} jobs in its API, a page for each sample's job, queues, schedules")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,7 +612,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "enqueue":
             print(json.dumps(enqueue(args.url, args.check)))
         else:
-            ids = {k: [int(i) for i in v] for k, v in json.loads(args.ids).items()}
+            given = json.loads(args.ids)
+            CONTEXT["pressed_at"] = given.pop("_pressed_at", {})
+            CONTEXT["orders"] = given.pop("_orders", {})
+            ids = {k: [int(i) for i in v] for k, v in given.items()}
             say(f"waiting up to {args.deadline:g} s for the sample jobs to end as they should")
             jobs = verify(ids, args.deadline)
             if args.dashboard:

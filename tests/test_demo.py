@@ -23,6 +23,40 @@ EXPECTED = {
     "fail": ("demo_app.jobs.Broken::run", "failed (attempt 2/2, ended by exception)"),
     "slow": ("demo_app.jobs.Slow::crunch", "succeeded"),
     "words": ("demo_app.jobs::word_count", "succeeded"),
+    # Release 0.2.0: one button per feature.
+    "mail": ("demo_app.jobs.Mail::welcome", "succeeded (attempt 1/"),
+    "unique": ("demo_app.jobs.Digest::build", "succeeded (attempt 1/"),
+    "concurrency": ("demo_app.jobs.Printer::print_page", "succeeded (attempt 1/"),
+    "run_at": ("demo_app.jobs.Reminders::send", "pending"),
+    "expires": ("demo_app.jobs.Sms::send_code", "cancelled (attempt 0/"),
+    "prints": ("demo_app.jobs.Limits::chatty", "succeeded (attempt 1/1)"),
+    "memory": ("demo_app.jobs.Limits::hog_memory", "failed (attempt 1/1, ended by memory)"),
+    "cpu": ("demo_app.jobs.Limits::burn_cpu", "failed (attempt 1/1, ended by cpu)"),
+    "discard": ("demo_app.jobs.Control::discard", "failed (attempt 1/4, ended by discarded)"),
+    "retry": ("demo_app.jobs.Control::retry_later", "succeeded (attempt 2/2)"),
+    "order": ("demo_app.orders::confirm_order", "succeeded (attempt 1/"),
+}
+
+#: What `scripts/demo --check` says of each 0.2.0 button once it checked the outcome.
+CHECKED = {
+    "mail": "3 jobs ran one at a time (queue limit mail:1), each on its first attempt; "
+    "none before the queue was resumed",
+    "pause_mail": "no job of its own",
+    "resume_mail": "no job of its own",
+    "unique": "two enqueues, one job (",
+    "concurrency": "3 jobs ran one at a time (concurrency key printer-1, limit 1)",
+    "run_at": "pending, due 30 s after it was enqueued",
+    "expires": "expired, never ran",
+    "prints": "output kept: 4 lines, stdout and stderr",
+    "memory": "stopped: MemoryError (memory limit 64 MiB)",
+    "cpu": "stopped: CPU limit of 1 s exceeded",
+    "discard": "discarded on attempt 1 of 4: DiscardJob: order 7 was deleted: nothing to do; "
+    "job_failed signal seen",
+    "retry": "then done on attempt 2",
+    "order": "committed with job",
+    "rollback": "and its job rolled back: no order, no job",
+    "queues": "mail (limit 1, 0 pending)",
+    "schedules": "heartbeat every 30 s, next in",
 }
 
 
@@ -62,7 +96,13 @@ def test_demo_command_runs_every_sample_to_its_outcome_and_stops_everything(
     assert re.search(
         r"priority: urgent job \d+ \(priority 10, queued last\) started (first|before)", output
     ), output[-4000:]
-    assert "dashboard OK" in output
+    for key, said in CHECKED.items():
+        assert any(line.startswith(f"  {key}: ") and said in line for line in summary), (
+            key,
+            output[-4000:],
+        )
+    assert "nightly-report At 02:30 every day (Europe/Berlin)" in output
+    assert "dashboard OK" in output and "queues, schedules" in output
     leftovers = subprocess.run(
         ["pgrep", "-f", str(copy)], capture_output=True, text=True, check=False
     ).stdout.split()
