@@ -1,12 +1,16 @@
-"""flask-bgjobs benchmark: one command, every figure of the performance issue.
+"""flask-bgjobs benchmark: one command, every figure of the performance issues.
 
     .venv/bin/python bench/run.py            # see bench/README.md
+    .venv/bin/python bench/run.py --quick    # smoke run
 
-SQLite, no-op jobs (``benchapp.Noop.run``), concurrency 2. Every measurement runs in its own
-fresh interpreter (``run.py --phase NAME --dir DIR``) on its own fresh temporary database, and
-every process started here (workers, auto-started runners, their job children) is killed by
-PID at the end of its measurement and again at the end of the run, even on error. Results
-are printed as a table and written to ``bench/results/latest.json`` (plus a timestamped copy).
+SQLite and PostgreSQL (``--backend``), fork per attempt and process reuse (``--mode``), no-op
+jobs (``benchapp.Noop``), concurrency 2 per runner; the queue/key overhead runs; the peers'
+figures from ``bench/peers.py`` with ``--peers``. Every measurement runs in its own fresh
+interpreter (``run.py --phase NAME --dir DIR``) on its own fresh database, and every process
+started here (workers, auto-started runners, their job children) is killed by PID at the end
+of its measurement and again at the end of the run, even on error. Results are printed as a
+table and a markdown summary, and written to ``bench/results/latest.json`` and
+``latest.md`` (plus a timestamped copy of the JSON).
 
 Nothing here is imported by the package or collected by the test suite.
 """
