@@ -9,6 +9,7 @@ and the other ``BGJOBS_*`` keys. Runners rebuild it from ``BGJOBS_APP=benchapp:c
 from __future__ import annotations
 
 import os
+import time
 
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
@@ -24,6 +25,16 @@ class Noop:
 
     def run(self) -> None:
         return None
+
+    def stamp(self, seq: int) -> None:
+        """The latency job: its first line appends ``seq time`` to ``$BENCHAPP_STAMPS``, so the
+        latency ends where the job's own code starts (as in ``bench/peers.py``)."""
+        now = time.time()
+        fd = os.open(os.environ["BENCHAPP_STAMPS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, f"{seq} {now!r}\n".encode())
+        finally:
+            os.close(fd)
 
 
 def create_app() -> Flask:
