@@ -193,8 +193,7 @@ class Children:
             proc = self._spawn()
             self._send(proc, work.message())
         elif self.server is not None:
-            proc = self._from_server()
-            self._send(proc, work.message())
+            proc = self._from_server(work.message())
         else:
             proc = self._fork(work)
         deadline = now + job.timeout if job.timeout > 0 else None
@@ -230,17 +229,31 @@ class Children:
             os.setpgid(pid, pid)  # the child does it too: whichever runs first wins the race
         return self._adopt(pid, mine, out_r, budget=self.reuse - 1)
 
-    def _from_server(self) -> JobProcess:
+    def _from_server(self, first: bytes) -> JobProcess:
+        """A job process from the fork server, sent `first` (its attempt).
+
+        The attempt goes into the channel while the server answers, so it is waiting there
+        when the process first reads: the runner never waits for the process to be ready.
+        """
         assert self.server is not None
         mine, theirs = socket.socketpair()
+        mine.setblocking(False)
         out_r, out_w = os.pipe()
+        sent = 0
+
+        def send_first() -> None:
+            nonlocal sent
+            with contextlib.suppress(BlockingIOError):  # the rest goes with the outbox
+                sent = mine.send(first)
+
         try:
-            pid = self.server.fork(theirs.fileno(), out_w)
+            pid = self.server.fork(theirs.fileno(), out_w, meanwhile=send_first)
         finally:
             theirs.close()
             os.close(out_w)
         proc = self._adopt(pid, mine, out_r, budget=self.reuse - 1)
         proc.via_server = True
+        self._send(proc, first[sent:])
         return proc
 
     def _job_process(self, channel_fd: int, output_fd: int, server_pid: int) -> NoReturn:

@@ -15,6 +15,12 @@ selector watches. Only the fork server reaps its children, so a process id it is
 is still its own: never a recycled one. It dies with the runner (``PR_SET_PDEATHSIG``), and its
 job processes with it. The attempt itself goes to the new job process over its channel, as to
 a spawned or reused one: the fork server never sees a job's params.
+
+A fork request is answered from a *spare*: a job process forked ahead of time that waits for
+its descriptors. Handing them over takes one ``sendmsg``; the fork (about 1.5 ms here, most of
+an idle runner's enqueue-to-start latency) happens after the answer, off the attempt's path,
+while the runner and the previous job process get on with their work. A spare is a fresh
+process like any other (it has run nothing), so it changes nothing a job can observe.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from flask_bgjobs.launcher import kill_group
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
+#: Seconds of quiet after which the fork server forks its next spare.
+SPARE_AFTER = 0.005
 #: The fork server's name in ``ps`` and ``/proc/<pid>/comm`` (15 bytes at most).
 NAME = b"bgjobs-forksrv"
 
@@ -94,10 +102,17 @@ class ForkServer:
         exits.setblocking(False)
         self.pid, self._requests, self._exits = pid, requests, exits
 
-    def fork(self, channel_fd: int, output_fd: int) -> int:
-        """Have a job process forked on these descriptors; return its pid. Blocks for the fork."""
+    def fork(
+        self, channel_fd: int, output_fd: int, *, meanwhile: Callable[[], None] = lambda: None
+    ) -> int:
+        """Have a job process started on these descriptors; return its pid.
+
+        `meanwhile` runs between the request and the wait for the answer: what the runner
+        writes to the channel then is there when the job process first reads it.
+        """
         assert self._requests is not None
         socket.send_fds(self._requests, [_FORK], [channel_fd, output_fd])
+        meanwhile()
         return self._answer()
 
     def kill(self, pid: int) -> None:
@@ -167,8 +182,28 @@ def _serve(
         buffer = b""
         passed: list[int] = []  # descriptors received, in order, for the fork requests
         watch = [requests.fileno(), wake_r]
+        own = [requests.fileno(), exits.fileno(), wake_r, wake_w]
+
+        def fork_job(channel_fd: int, output_fd: int) -> int:
+            pid = os.fork()
+            if pid == 0:  # the job process
+                _leave_server(own)
+                child(channel_fd, output_fd, mine)
+            with contextlib.suppress(OSError):
+                os.setpgid(pid, pid)  # the job process does it too: either wins
+            children.add(pid)
+            return pid
+
+        spare: _Spare | None = None
         while True:
-            ready, _, _ = select.select(watch, [], [])
+            # The next spare is forked once nothing has been asked for a moment: forking
+            # right after a hand-over would take a CPU from the runner and the job process
+            # just when they have work to do.
+            ready, _, _ = select.select(watch, [], [], None if spare else SPARE_AFTER)
+            if not ready and spare is None:
+                spare = _fork_spare(child, own, mine)
+                children.add(spare.pid)
+                continue
             if wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
@@ -185,20 +220,12 @@ def _serve(
                     buffer = buffer[1:]
                     channel_fd, output_fd = passed[0], passed[1]
                     del passed[:2]
-                    pid = os.fork()
-                    if pid == 0:  # the job process
-                        requests.close()
-                        exits.close()
-                        os.close(wake_r)
-                        os.close(wake_w)
-                        signal.set_wakeup_fd(-1)
-                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                        child(channel_fd, output_fd, mine)
+                    pid = spare.hand_over(channel_fd, output_fd) if spare is not None else 0
+                    spare = None  # the next one is forked once this request is answered
+                    if not pid:  # no spare, or it died: fork one now, the old way
+                        pid = fork_job(channel_fd, output_fd)
                     os.close(channel_fd)
                     os.close(output_fd)
-                    with contextlib.suppress(OSError):
-                        os.setpgid(pid, pid)  # the job process does it too: either wins
-                    children.add(pid)
                     requests.sendall(_ANSWER.pack(pid))
                 elif len(buffer) >= _KILL.size:
                     _op, pid = _KILL.unpack_from(buffer)
@@ -212,6 +239,62 @@ def _serve(
     except BaseException:  # noqa: BLE001 - nothing may escape; the runner sees the sockets close
         code = 70
     os._exit(code)
+
+
+@dataclass
+class _Spare:
+    """A job process forked ahead of a request, waiting for its descriptors."""
+
+    pid: int
+    sock: socket.socket
+
+    def hand_over(self, channel_fd: int, output_fd: int) -> int:
+        """Pass it the attempt's descriptors; its pid, or 0 if it is gone (killed by someone)."""
+        try:
+            socket.send_fds(self.sock, [_FORK], [channel_fd, output_fd])
+        except OSError:
+            return 0
+        finally:
+            self.sock.close()
+        return self.pid
+
+
+def _fork_spare(
+    child: Callable[[int, int, int], NoReturn], own: list[int], server_pid: int
+) -> _Spare:
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the spare: waits, then is a job process like any other
+        code = 0
+        try:
+            ours.close()
+            _leave_server(own)
+            prctl = executor._prctl
+            if prctl is not None:  # until it has an attempt, it dies with the server
+                prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() == server_pid:
+                os.setpgid(0, 0)
+                executor.warm_up()
+                _data, fds, _flags, _addr = socket.recv_fds(theirs, 16, 2)
+                theirs.close()
+                if len(fds) == 2:  # else the server closed it unused: it is leaving
+                    child(fds[0], fds[1], server_pid)
+        except BaseException:  # noqa: BLE001 - nothing may escape a forked process
+            code = 70
+        os._exit(code)
+    theirs.close()
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)
+    return _Spare(pid, ours)
+
+
+def _leave_server(own: list[int]) -> None:
+    """In a process the server forked: drop the server's descriptors and signal handling."""
+    for fd in own:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def _on_child(_signum: int, _frame: object) -> None:

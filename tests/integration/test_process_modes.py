@@ -150,3 +150,33 @@ def test_job_processes_come_from_a_fork_server_that_the_runner_replaces_if_it_di
     assert _fork_server_of(worker.pid) != server
     worker.terminate()
     assert worker.wait(timeout=20) == 0
+
+
+def _children_of(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_an_idle_fork_server_keeps_a_spare_process_that_the_next_job_runs_in(
+    env: Env, bgjobs: Any
+) -> None:
+    import signal as signals
+
+    worker = env.start_worker("--concurrency", "2")
+    server = wait_for(lambda: len(_children_of(worker.pid)) == 1 and _children_of(worker.pid)[0])
+    spare = wait_for(lambda: _children_of(server), what="a spare job process")[0]
+    first = run_background_job(J, "where")
+    done = wait_for(lambda: (j := bgjobs.get_job(first.id)).is_finished and j)
+    assert done.status == "succeeded"
+    assert (done.result["pid"], done.result["ppid"], done.result["pgid"]) == (spare, server, spare)
+    assert done.result["attempt"] == 1
+    # A spare that dies (killed by someone) is never handed a job: the next comes from a fork.
+    other = wait_for(lambda: [p for p in _children_of(server) if p != spare], what="a new spare")
+    os.kill(other[0], signals.SIGKILL)
+    wait_for(lambda: other[0] not in _children_of(server), what="the killed spare to be reaped")
+    after = run_background_job(J, "where")
+    done = wait_for(lambda: (j := bgjobs.get_job(after.id)).is_finished and j)
+    assert done.status == "succeeded" and done.result["pid"] != other[0]
+    left = [server, *_children_of(server)]
+    worker.terminate()
+    assert worker.wait(timeout=20) == 0
+    wait_for(lambda: not any(pid_alive(p) for p in left), what="the server and its spare to go")
